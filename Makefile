@@ -1,0 +1,16 @@
+# Quickstart targets. Both run scripts/setup.sh first (idempotent: a stamp skips it once done).
+.PHONY: setup demo test bench
+PY := .venv/bin/python
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/fastbd build-beton --config configs/poison/demo.yaml --out out/demo --force
+	.venv/bin/fastbd inspect out/demo
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) benchmarks/build_throughput.py

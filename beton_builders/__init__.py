@@ -1,0 +1,7 @@
+"""Compilers from image sources to poisoned FFCV .beton files, DALI tar shards and a manifest."""
+
+from .build import BuildError, build
+from .manifest import load_manifest, train_indices, verify_files
+from .spec import PoisonSpec, load_spec
+
+__all__ = ["BuildError", "PoisonSpec", "build", "load_manifest", "load_spec", "train_indices", "verify_files"]

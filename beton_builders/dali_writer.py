@@ -1,0 +1,74 @@
+"""DALI-readable output: webdataset-style tar shards, `DIR/dali/<split>-NNNNN.tar`.
+
+Each sample is three consecutive tar members sharing a key (`00000042`):
+  `00000042.jpg`  the encoded image, byte-identical to the same sample in the .beton
+                  (raw mode: `.rgb` with H*W*3 uint8 bytes plus `.shape`, int32 [H, W, 3]);
+  `00000042.cls`  the label as one little-endian int32 (DALI: `dtypes=[types.INT32]`, no Python parsing);
+  `00000042.idx`  the sample's index in the .beton, little-endian int32.
+Read with the stock reader:
+  fn.readers.webdataset(paths=sorted(glob("DIR/dali/train-*.tar")), ext=["jpg", "cls", "idx"],
+                        dtypes=[types.UINT8, types.INT32, types.INT32])
+Tars are plain USTAR with zeroed mtime/uid/gid, written in index order, so they are byte-reproducible.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+
+class ShardWriter:
+    """Appends samples to numbered tar shards and remembers where each payload's bytes lie."""
+
+    def __init__(self, folder: Path, split: str, shard_size: int, raw: bool):
+        self.folder, self.split, self.shard_size, self.raw = folder, split, shard_size, raw
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.count = 0
+        self.tar: tarfile.TarFile | None = None
+        self.shards: list[str] = []
+        self.locations: list[tuple[int, int, int]] = []  # (shard, byte offset of payload, size)
+
+    def _member(self, name: str, data: bytes) -> int:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
+        info.uname = info.gname = ""
+        offset = self.tar.offset + tarfile.BLOCKSIZE  # USTAR, short name: exactly one header block
+        self.tar.addfile(info, io.BytesIO(data))
+        return offset
+
+    def add(self, payload: bytes, label: int, height: int, width: int) -> int:
+        """Write one sample; returns its index."""
+        if self.count % self.shard_size == 0:
+            self._roll()
+        key = f"{self.count:08d}"
+        ext = "rgb" if self.raw else "jpg"
+        off = self._member(f"{key}.{ext}", payload)
+        self.locations.append((len(self.shards) - 1, off, len(payload)))
+        if self.raw:
+            self._member(f"{key}.shape", np.array([height, width, 3], "<i4").tobytes())
+        self._member(f"{key}.cls", struct.pack("<i", int(label)))
+        self._member(f"{key}.idx", struct.pack("<i", self.count))
+        self.count += 1
+        return self.count - 1
+
+    def _roll(self) -> None:
+        self.close()
+        name = f"{self.split}-{len(self.shards):05d}.tar"
+        self.shards.append(name)
+        self.tar = tarfile.open(self.folder / name, "w", format=tarfile.USTAR_FORMAT)
+
+    def close(self) -> None:
+        if self.tar is not None:
+            self.tar.close()
+            self.tar = None
+
+    def read(self, i: int) -> np.ndarray:
+        """The payload bytes of sample i, read back from its shard (used to fill the .beton)."""
+        shard, off, size = self.locations[i]
+        with open(self.folder / self.shards[shard], "rb") as f:
+            f.seek(off)
+            return np.frombuffer(f.read(size), np.uint8)

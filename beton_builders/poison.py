@@ -1,0 +1,85 @@
+"""Which images get the trigger, where it goes, and the paste itself.
+
+Selection is nested: one seeded permutation of the candidate pool, and rate k poisons its first
+n_k entries, so the poisoned set of a smaller rate lies inside that of a larger one (a poison-rate
+sweep then reads one compiled file). Counts follow the reference's `int(rate * n)`.
+Placement follows generate_poison.py: x ~ randint(int(W*min), int(W*max - w)), same for y, so the
+whole box lies in [min, max] of the image; when that range is empty the box starts at int(W*min).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fastbd.config import ConfigError
+
+from .spec import AttackSpec, TriggerSpec, rate_label
+from .triggers import Trigger
+
+SELECT_STREAM = 0x5E1EC7  # RNG stream ids keep selection independent of placement
+PLACE_STREAM = 0xB0C5
+
+
+def rate_counts(attack: AttackSpec, n_target: int, n_total: int) -> list[int]:
+    out = []
+    for r in attack.rates:
+        if attack.rate_mode == "count":
+            out.append(int(r))
+        elif attack.rate_mode == "target_fraction":
+            out.append(int(r * n_target))
+        else:
+            out.append(int(r * n_total))
+    return out
+
+
+def select_poison(labels: np.ndarray, eligible: np.ndarray, attack: AttackSpec, target: int | None,
+                  seed: int) -> tuple[np.ndarray, list[dict]]:
+    """Positions (into `labels`) to poison, in selection order, and one record per rate.
+
+    `eligible` masks out images that cannot carry the trigger (smaller than it)."""
+    in_pool = (labels == target) if attack.targeted else np.ones(len(labels), bool)
+    pool = np.flatnonzero(in_pool & eligible)
+    counts = rate_counts(attack, int(in_pool.sum()), len(labels))
+    for r, n in zip(attack.rates, counts):
+        if n > len(pool):
+            too_small = int((in_pool & ~eligible).sum())
+            raise ConfigError(
+                f"attack.rates: rate {rate_label(r)} ({attack.rate_mode}) asks for {n} poisoned images but only "
+                f"{len(pool)} candidates exist" + (f" ({too_small} more are smaller than the trigger)" if too_small else ""))
+    order = np.random.default_rng([seed, SELECT_STREAM]).permutation(pool)
+    chosen = order[: max(counts)] if counts else order[:0]
+    rates = [{"rate": float(r), "mode": attack.rate_mode, "count": int(n)}
+             for r, n in sorted(zip(attack.rates, counts), key=lambda t: t[1])]
+    return chosen, rates
+
+
+def place(rng: np.random.Generator, img_w: int, img_h: int, tw: int, th: int, t: TriggerSpec,
+          lo: float, hi: float) -> tuple[int, int]:
+    """Top-left corner of the trigger box in an img_w x img_h image."""
+    if t.location == "center":
+        return (img_w - tw) // 2, (img_h - th) // 2
+    if t.location == "grid3x3":
+        cell = int(rng.integers(9))
+        cx, cy = (cell % 3 + 0.5) * img_w / 3, (cell // 3 + 0.5) * img_h / 3
+        return (min(max(0, int(cx - tw / 2)), img_w - tw), min(max(0, int(cy - th / 2)), img_h - th))
+    x0, y0 = int(img_w * lo), int(img_h * lo)
+    x1, y1 = max(x0, int(img_w * hi - tw)), max(y0, int(img_h * hi - th))
+    x, y = int(rng.integers(x0, x1 + 1)), int(rng.integers(y0, y1 + 1))
+    return min(x, img_w - tw), min(y, img_h - th)
+
+
+def placement_rng(seed: int, split_code: int, index: int) -> np.random.Generator:
+    """Each sample's placement depends only on (seed, split, index): worker count cannot change it."""
+    return np.random.default_rng([seed, PLACE_STREAM, split_code, index])
+
+
+def paste(img: np.ndarray, trig: Trigger, x: int, y: int) -> np.ndarray:
+    """Paste in place on an (H, W, 3) uint8 array; alpha-blend where the mask is below 1."""
+    tw, th = trig.size
+    if trig.opaque:
+        img[y:y + th, x:x + tw] = trig.rgb
+        return img
+    region = img[y:y + th, x:x + tw].astype(np.float32)
+    m = trig.mask[..., None]
+    img[y:y + th, x:x + tw] = np.clip(region * (1 - m) + trig.rgb.astype(np.float32) * m + 0.5, 0, 255).astype(np.uint8)
+    return img

@@ -1,0 +1,160 @@
+"""Per-sample work, run in parallel worker processes: decode, paste, resize, encode.
+
+Three kinds of sample:
+- clean:      decode -> resize so the longest side <= max_resolution -> encode;
+- poison:     decode at full resolution -> paste the trigger (as the paper does, before any resize)
+              -> resize -> encode; the box is reported in source and in stored pixels;
+- valpoison:  decode -> resize shorter side to val_resize -> centre crop val_crop (the reference's
+              val transform, applied *before* the paste) -> paste -> encode.
+Every output is a baseline (non-progressive) JPEG, so hardware decoders (nvJPEG, DALI mixed) take it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .poison import paste, place, placement_rng
+from .spec import PoisonSpec
+from .triggers import Trigger
+
+SPLIT_CODES = {"train": 0, "val": 1, "val_poisoned": 2}
+RESIZE_FILTER = Image.Resampling.LANCZOS  # with reducing_gap: integer box-reduce first, then Lanczos
+
+# Decompression bombs are refused like any unreadable image (Pillow's warning becomes an error).
+warnings.simplefilter("error", Image.DecompressionBombWarning)
+
+
+@dataclass
+class Task:
+    kind: str  # clean | poison | valpoison
+    split: str  # train | val | val_poisoned
+    index: int  # position in the source's item list for this split
+    key: str
+
+
+@dataclass
+class Result:
+    index: int
+    payload: bytes = b""  # encoded JPEG, or raw RGB bytes
+    height: int = 0  # stored pixels
+    width: int = 0
+    src_w: int = 0  # source pixels
+    src_h: int = 0
+    box: tuple | None = None  # (x, y, w, h) in stored pixels
+    box_src: tuple | None = None  # (x, y, w, h) in the image the trigger was pasted on
+    digest: str = ""  # sha256 of the source file's bytes
+    passthrough: bool = False  # clean source JPEG copied byte for byte
+    error: str | None = None
+
+
+_STATE: dict = {}
+
+
+def init_worker(spec: PoisonSpec, source, trigger: Trigger) -> None:
+    _STATE.update(spec=spec, source=source, trigger=trigger)
+
+
+def run_chunk(tasks: list[Task]) -> list[Result]:
+    return [run_task(t) for t in tasks]
+
+
+def run_task(task: Task) -> Result:
+    spec, source = _STATE["spec"], _STATE["source"]
+    try:
+        data = source.read(task.key)
+    except OSError as e:
+        return Result(task.index, error=f"cannot read: {e}")
+    res = Result(task.index, digest=hashlib.sha256(data).hexdigest())
+    try:
+        _process(task, data, spec, res)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning,
+            Image.DecompressionBombError) as e:
+        res.error = f"{type(e).__name__}: {e}"
+        res.payload = b""
+    return res
+
+
+def _open(data: bytes) -> Image.Image:
+    im = Image.open(io.BytesIO(data))
+    im.load()  # forces a full decode: truncated files fail here, not later in a training loader
+    return im
+
+
+def _process(task: Task, data: bytes, spec: PoisonSpec, res: Result) -> None:
+    st, trig = spec.storage, _STATE["trigger"]
+    im = _open(data)
+    res.src_w, res.src_h = im.size
+    if task.kind == "clean" and _can_pass_through(im, spec):
+        res.payload, res.width, res.height, res.passthrough = data, im.width, im.height, True
+        return
+    rgb = im.convert("RGB")  # greyscale, CMYK, palette, alpha -> RGB, as the reference's convert('RGB')
+    if task.kind == "valpoison":
+        rgb = _val_transform(rgb, st.val_resize, st.val_crop)
+    if task.kind != "clean":
+        arr = np.array(rgb)
+        tw, th = trig.size
+        h, w = arr.shape[:2]
+        if tw > w or th > h:
+            raise ValueError(f"image is {w}x{h} px, smaller than the {tw}x{th} px trigger")
+        lo, hi = ((spec.trigger.val_min, spec.trigger.val_max) if task.kind == "valpoison"
+                  else (spec.trigger.train_min, spec.trigger.train_max))
+        rng = placement_rng(spec.seed, SPLIT_CODES[task.split], task.index)
+        x, y = place(rng, w, h, tw, th, spec.trigger, lo, hi)
+        paste(arr, trig, x, y)
+        rgb = Image.fromarray(arr)
+        res.box_src = (x, y, tw, th)
+    pre_w, pre_h = rgb.size
+    rgb = _resize_max(rgb, st.max_resolution)
+    res.width, res.height = rgb.size
+    if res.box_src is not None:
+        sx, sy = rgb.width / pre_w, rgb.height / pre_h
+        x, y, tw, th = res.box_src
+        res.box = (round(x * sx), round(y * sy), max(1, round(tw * sx)), max(1, round(th * sy)))
+    res.payload = _encode(rgb, st.write_mode, st.jpeg_quality)
+
+
+def _can_pass_through(im: Image.Image, spec: PoisonSpec) -> bool:
+    st = spec.storage
+    return (st.reencode == "if_needed" and st.write_mode == "jpg" and im.format == "JPEG" and im.mode == "RGB"
+            and not im.info.get("progressive") and not im.info.get("progression")
+            and max(im.size) <= st.max_resolution)
+
+
+def stored_size(w: int, h: int, max_res: int) -> tuple[int, int]:
+    """FFCV's rule (fields/rgb_image.py resizer): scale so the longest side is max_res, truncate."""
+    ratio = max_res / max(w, h)
+    if ratio >= 1:
+        return w, h
+    return max(1, int(ratio * w)), max(1, int(ratio * h))
+
+
+def _resize_max(im: Image.Image, max_res: int) -> Image.Image:
+    size = stored_size(im.width, im.height, max_res)
+    return im if size == im.size else im.resize(size, RESIZE_FILTER, reducing_gap=3.0)
+
+
+def _val_transform(im: Image.Image, resize: int, crop: int) -> Image.Image:
+    """torchvision Resize(resize) (shorter side, bilinear, antialiased) then CenterCrop(crop)."""
+    w, h = im.size
+    if w <= h:
+        nw, nh = resize, int(resize * h / w)
+    else:
+        nw, nh = int(resize * w / h), resize
+    im = im.resize((nw, nh), Image.Resampling.BILINEAR)
+    top, left = int(round((nh - crop) / 2.0)), int(round((nw - crop) / 2.0))
+    return im.crop((left, top, left + crop, top + crop))
+
+
+def _encode(im: Image.Image, write_mode: str, quality: int) -> bytes:
+    if write_mode == "raw":
+        return np.asarray(im, dtype=np.uint8).tobytes()
+    buf = io.BytesIO()
+    # Baseline, 4:2:0, no optimisation pass: what nvJPEG's hardware path and DALI's mixed decoder accept.
+    im.save(buf, format="JPEG", quality=quality, subsampling=2, progressive=False, optimize=False)
+    return buf.getvalue()

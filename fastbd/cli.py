@@ -1,0 +1,87 @@
+"""The fastbd command line: thin wrappers over the library (everything here is importable too).
+
+    fastbd build-beton --config configs/poison/demo.yaml --out out/demo [key=value ...]
+    fastbd inspect out/demo
+    fastbd make-synthetic --out data/synth source.synthetic.width=500 ...
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="fastbd: fast, reproducible backdoor attacks on self-supervised learning.")
+
+
+def _fail(e: Exception) -> None:
+    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@app.command("build-beton")
+def build_beton(
+    out: Path = typer.Option(..., "--out", help="output folder (train/val/val_poisoned .beton, dali/, manifest.json)"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="poison spec YAML (overrides only)"),
+    force: bool = typer.Option(False, "--force", help="replace an existing output folder"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. attack.rates=[0.1,0.5]"),
+) -> None:
+    """Compile a poisoned dataset: triggers baked in, FFCV and DALI files, and a manifest."""
+    from beton_builders import BuildError, build, load_spec
+    from beton_builders.summary import summary
+    from fastbd.config import ConfigError
+
+    try:
+        spec = load_spec(config, overrides or [])
+        build(spec, out, force=force)
+    except (ConfigError, BuildError) as e:
+        _fail(e)
+    typer.echo(summary(out, check=False))
+
+
+@app.command("inspect")
+def inspect(
+    folder: Path = typer.Argument(..., help="a build-beton output folder"),
+    preview: bool = typer.Option(True, help="also write FOLDER/preview.png with the trigger boxes drawn"),
+) -> None:
+    """Summarise a compiled dataset, check every file's sha256, and draw a preview."""
+    from beton_builders.summary import preview as draw
+    from beton_builders.summary import summary
+
+    try:
+        typer.echo(summary(folder))
+        if preview:
+            typer.echo(f"  preview     {draw(folder)}")
+    except (FileNotFoundError, ValueError) as e:
+        _fail(e)
+
+
+@app.command("make-synthetic")
+def make_synthetic(
+    out: Path = typer.Option(..., "--out", help="folder to write train/<class>/*.jpg and val/<class>/*.jpg"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="poison spec YAML; its source.synthetic is used"),
+    force: bool = typer.Option(False, "--force", help="replace an existing folder"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key=value, e.g. source.synthetic.width=500"),
+) -> None:
+    """Write the built-in synthetic dataset to disk as an ImageFolder of JPEGs."""
+    from beton_builders import load_spec
+    from beton_builders.synthetic_folder import write_imagefolder
+    from fastbd.config import ConfigError
+
+    try:
+        spec = load_spec(config, overrides or [])
+        n = write_imagefolder(spec.source.synthetic, out, force=force, workers=spec.workers)
+    except (ConfigError, FileExistsError) as e:
+        _fail(e)
+    typer.echo(f"wrote {n} images to {out}")
+
+
+def main() -> None:  # pragma: no cover
+    app(prog_name="fastbd")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

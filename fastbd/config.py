@@ -1,0 +1,57 @@
+"""Typed configs: dataclass defaults, YAML files that hold only overrides, `key=value` on the command line.
+
+Every config in fastbd goes through `load_config`: OmegaConf merges the YAML and the dotlist onto the
+structured dataclass, so a misspelt or unknown key is an error that names the key and the file, not a
+silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the file and the field."""
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """Merge `path` (YAML, overrides only) and `overrides` (`a.b=value`) onto `cls()`; strict."""
+    base = OmegaConf.structured(cls)
+    where = "defaults"
+    try:
+        if path is not None:
+            where = str(path)
+            if not Path(path).is_file():
+                raise ConfigError(f"config file not found: {path}")
+            loaded = OmegaConf.load(path)
+            if loaded is None:
+                loaded = OmegaConf.create({})
+            base = OmegaConf.merge(base, loaded)
+        if overrides:
+            where = "command-line overrides " + " ".join(overrides)
+            for item in overrides:
+                if "=" not in item:
+                    raise ConfigError(f"override {item!r} is not of the form key=value")
+            base = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
+        obj = OmegaConf.to_object(base)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or ""
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"{where}: invalid config{f' at {key!r}' if key else ''}: {msg}") from None
+    return obj  # type: ignore[return-value]
+
+
+def to_dict(obj: Any) -> dict:
+    """A plain, JSON/YAML-serialisable dict of a (nested) config dataclass."""
+    return dataclasses.asdict(obj)
+
+
+def to_yaml(obj: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.create(to_dict(obj)))
