@@ -197,7 +197,8 @@ def _build_into(spec: PoisonSpec, folder: Path, log) -> tuple[dict, dict]:
     manifest = {
         "schema": mf.SCHEMA,
         "fastbd_version": __version__,
-        "spec": to_dict(spec),
+        # `workers` changes speed, never bytes, so it is left out and the manifest stays identical.
+        "spec": {k: v for k, v in to_dict(spec).items() if k != "workers"},
         "seed": spec.seed,
         "source": {"kind": spec.source.kind, "fingerprint": fingerprint.hexdigest(),
                    "num_train": len(items["train"]), "num_val": len(items["val"]), "classes": classes},
