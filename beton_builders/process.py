@@ -24,7 +24,8 @@ from .spec import PoisonSpec
 from .triggers import Trigger
 
 SPLIT_CODES = {"train": 0, "val": 1, "val_poisoned": 2}
-RESIZE_FILTER = Image.Resampling.LANCZOS  # with reducing_gap: integer box-reduce first, then Lanczos
+# Area averaging, as FFCV's own writer (cv2.INTER_AREA) does; 3x faster than Lanczos on 500->256 px.
+RESIZE_FILTER = Image.Resampling.BOX
 
 # Decompression bombs are refused like any unreadable image (Pillow's warning becomes an error).
 warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -136,7 +137,7 @@ def stored_size(w: int, h: int, max_res: int) -> tuple[int, int]:
 
 def _resize_max(im: Image.Image, max_res: int) -> Image.Image:
     size = stored_size(im.width, im.height, max_res)
-    return im if size == im.size else im.resize(size, RESIZE_FILTER, reducing_gap=3.0)
+    return im if size == im.size else im.resize(size, RESIZE_FILTER)
 
 
 def _val_transform(im: Image.Image, resize: int, crop: int) -> Image.Image:
