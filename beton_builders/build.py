@@ -18,10 +18,12 @@ Reference figure: benchmarks/build_throughput.py (see README for the numbers and
 from __future__ import annotations
 
 import hashlib
+import importlib
 import multiprocessing as mp
 import os
 import shutil
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -48,6 +50,13 @@ class BuildError(RuntimeError):
     """An image or output problem that stops the build; the message names the file."""
 
 
+def mp_context():
+    """fork on Linux: workers start in milliseconds and inherit the source and trigger. They only run
+    PIL and numpy, never numba or torch, so forking after FFCV/numba were imported (numba warns about
+    TBB then) is harmless. forkserver/spawn would re-import the caller's __main__ in every worker."""
+    return mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+
+
 def default_workers() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -67,8 +76,7 @@ class _Runner:
         init_worker(spec, source, trigger)
         self.pool = None
         if workers > 1:
-            ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-            self.pool = ctx.Pool(workers, initializer=init_worker, initargs=(spec, source, trigger))
+            self.pool = mp_context().Pool(workers, initializer=init_worker, initargs=(spec, source, trigger))
 
     def map(self, tasks: list[Task], what: str) -> Iterable[Result]:
         chunks = [tasks[i:i + CHUNK] for i in range(0, len(tasks), CHUNK)]
@@ -176,6 +184,9 @@ def _build_into(spec: PoisonSpec, folder: Path, log) -> tuple[dict, dict]:
         if not its:
             raise ConfigError(f"source: the {s} split has no images")
     runner = _Runner(spec, source, trigger, _workers(spec), log)
+    # Importing FFCV costs ~4 CPU-seconds (numba); do it while the pool works.
+    ffcv_import = threading.Thread(target=importlib.import_module, args=("ffcv.writer",), daemon=True)
+    ffcv_import.start()
     timings: dict[str, float] = {}
     try:
         train, poisoned, rates, digests, skipped, passthrough = _build_train(spec, folder, items["train"], target,
@@ -184,6 +195,7 @@ def _build_into(spec: PoisonSpec, folder: Path, log) -> tuple[dict, dict]:
     finally:
         runner.close()
     t = time.perf_counter()
+    ffcv_import.join()
     for split in (train, val["val"], val["val_poisoned"]):
         split.finish(folder)
     timings["beton_s"] = time.perf_counter() - t

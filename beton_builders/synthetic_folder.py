@@ -7,12 +7,12 @@ renamed into place.
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import shutil
 import uuid
 from pathlib import Path
 
+from .build import mp_context
 from .sources import SyntheticSource
 from .spec import SourceSpec, SyntheticSpec
 
@@ -35,7 +35,7 @@ def write_imagefolder(syn: SyntheticSpec, out: str | Path, force: bool = False, 
         for key, label in src.items(split):
             jobs.append((src, key, str(tmp / split / src.classes[label] / f"{key.rsplit('/', 1)[1]}.jpg")))
     try:
-        with mp.get_context("fork").Pool(workers or os.cpu_count()) as pool:
+        with mp_context().Pool(workers or os.cpu_count()) as pool:
             for _ in pool.imap_unordered(_write_one, jobs, chunksize=64):
                 pass
         if out.exists():
