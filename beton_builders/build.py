@@ -116,6 +116,7 @@ class _Split:
         self.writer.close()
         cols = {c: np.asarray(v, np.int64) for c, v in self.columns.items()}
         write_beton(folder / f"{self.name}.beton", self.writer, self.sizes, cols, self.writer.raw)
+        self.writer.close_readers()
 
 
 def _accept(r: Result, split: str, key: str, spec: PoisonSpec, skipped: list) -> bool:
