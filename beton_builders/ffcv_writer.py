@@ -70,7 +70,6 @@ def write_beton(path: Path, shard_writer, sizes: list[tuple[int, int]], columns:
     total = sum(shard_writer.locations[i][2] for i in range(len(sizes)))
     page = MIN_PAGE_SIZE if total < 256 * 2**20 else 4 * MIN_PAGE_SIZE
     writer = _in_process_writer(DatasetWriter)(str(path), fields, page_size=page, num_workers=1)
-    _quiet_tqdm()
     writer.from_indexed_dataset(_Rows(shard_writer, sizes, columns, raw), chunksize=256)
 
 
@@ -96,14 +95,3 @@ def _in_process_writer(base):
             self.metadata_sm.unlink()
 
     return _InProcessWriter
-
-
-def _quiet_tqdm() -> None:
-    # FFCV's writer draws its own tqdm bar per file; fastbd reports progress itself.
-    import functools
-
-    import ffcv.writer as w
-
-    if not getattr(w.tqdm, "_fastbd_quiet", False):
-        w.tqdm = functools.partial(w.tqdm, disable=True)
-        w.tqdm._fastbd_quiet = True  # type: ignore[attr-defined]

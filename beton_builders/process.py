@@ -27,9 +27,6 @@ SPLIT_CODES = {"train": 0, "val": 1, "val_poisoned": 2}
 # Area averaging, as FFCV's own writer (cv2.INTER_AREA) does; 3x faster than Lanczos on 500->256 px.
 RESIZE_FILTER = Image.Resampling.BOX
 
-# Decompression bombs are refused like any unreadable image (Pillow's warning becomes an error).
-warnings.simplefilter("error", Image.DecompressionBombWarning)
-
 
 @dataclass
 class Task:
@@ -82,8 +79,11 @@ def run_task(task: Task) -> Result:
 
 
 def _open(data: bytes) -> Image.Image:
-    im = Image.open(io.BytesIO(data))
-    im.load()  # forces a full decode: truncated files fail here, not later in a training loader
+    with warnings.catch_warnings():
+        # Decompression bombs are refused like any unreadable image, without changing the caller's filters.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        im = Image.open(io.BytesIO(data))
+        im.load()  # forces a full decode: truncated files fail here, not later in a training loader
     return im
 
 
