@@ -1,0 +1,33 @@
+"""Loaders for SSL training: `make_loader(cfg, views, ...)` picks the ffcv, dali or torch backend."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import BACKENDS, RECIPES, Batch, DataConfig, Recipe, resolve_recipes
+from .samples import dataset_indices, epoch_order
+
+__all__ = ["BACKENDS", "RECIPES", "Batch", "DataConfig", "Recipe", "make_loader", "dataset_indices",
+           "epoch_order"]
+
+
+def make_loader(cfg: DataConfig, views: list[str] | tuple[str, ...], *, device: torch.device, seed: int,
+                rank: int = 0, world: int = 1, shuffle: bool = True):
+    """An iterable of Batch for this rank; `len()` batches per epoch; `set_epoch(e)` before each epoch."""
+    if cfg.backend not in BACKENDS:
+        raise ValueError(f"data.backend: {cfg.backend!r} is not one of {BACKENDS}")
+    if cfg.batch_size % world:
+        raise ValueError(f"data.batch_size: {cfg.batch_size} does not split evenly over {world} ranks")
+    _, indices = dataset_indices(cfg.path, cfg.rate, cfg.verify_files)
+    recipes = resolve_recipes(list(views), cfg.recipes)
+    args = dict(folder=cfg.path, indices=indices, recipes=recipes, res=cfg.res, batch=cfg.batch_size // world,
+                workers=cfg.workers, device=device, seed=seed, rank=rank, world=world,
+                drop_last=cfg.drop_last, shuffle=shuffle)
+    if cfg.backend == "torch":
+        from .torch_loader import TorchLoader
+        return TorchLoader(**args)
+    if cfg.backend == "ffcv":
+        from .ffcv_loader import FfcvLoader
+        return FfcvLoader(**args)
+    from .dali_loader import DaliLoader
+    return DaliLoader(**args)

@@ -1,0 +1,94 @@
+"""Random access to a build's samples through its DALI tar shards, and the per-epoch sample order.
+
+The tar shards hold the same encoded bytes as the .beton; the torch and dali backends read them by
+byte offset (found once by walking the 512-byte tar headers), so every backend can take the same
+index list (a poison rate's subset, from the manifest) and the same per-rank, per-epoch order.
+"""
+
+from __future__ import annotations
+
+import struct
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+from beton_builders.manifest import load_manifest, train_indices, verify_files
+
+
+class TarSamples:
+    """Encoded image bytes and labels of one split, by .beton index."""
+
+    def __init__(self, folder: str | Path, split: str):
+        self.folder = Path(folder)
+        shards = sorted((self.folder / "dali").glob(f"{split}-*.tar"))
+        if not shards:
+            raise FileNotFoundError(f"{self.folder / 'dali'}: no {split}-*.tar shards; is this a build-beton folder?")
+        self.shards = [str(s) for s in shards]
+        offs, sizes, shard_of, labels, self.raw = [], [], [], [], False
+        for k, s in enumerate(self.shards):
+            for name, off, size, data in _walk(s):
+                ext = name.split(".", 1)[1]
+                if ext in ("jpg", "rgb"):
+                    self.raw = ext == "rgb"
+                    offs.append(off), sizes.append(size), shard_of.append(k)
+                elif ext == "cls":
+                    labels.append(struct.unpack("<i", data)[0])
+        self.offset = np.asarray(offs, np.int64)
+        self.size = np.asarray(sizes, np.int64)
+        self.shard = np.asarray(shard_of, np.int64)
+        self.label = np.asarray(labels, np.int64)
+        self._files: dict[int, object] = {}
+
+    def __len__(self) -> int:
+        return len(self.offset)
+
+    def read(self, i: int) -> bytes:
+        k = int(self.shard[i])
+        f = self._files.get(k)
+        if f is None:  # opened lazily, per process (DataLoader workers fork after __init__)
+            f = self._files[k] = open(self.shards[k], "rb")
+        f.seek(int(self.offset[i]))
+        return f.read(int(self.size[i]))
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_files"] = {}
+        return state
+
+
+def _walk(path: str):
+    """(member name, data offset, size, data if small) for each member: headers only, data skipped."""
+    with open(path, "rb") as f:
+        while True:
+            hdr = f.read(tarfile.BLOCKSIZE)
+            if len(hdr) < tarfile.BLOCKSIZE or hdr == tarfile.NUL * tarfile.BLOCKSIZE:
+                return
+            info = tarfile.TarInfo.frombuf(hdr, "utf-8", "surrogateescape")
+            off = f.tell()
+            data = f.read(info.size) if info.size <= 16 else None
+            f.seek(off + info.size + (-info.size % tarfile.BLOCKSIZE))
+            yield info.name, off, info.size, data
+
+
+def dataset_indices(folder: str | Path, rate: float | None, check: bool = True) -> tuple[dict, np.ndarray]:
+    """The manifest and the training index list for `rate` (None: the largest rate built)."""
+    m = load_manifest(folder)
+    if check:
+        bad = verify_files(folder, m)
+        if bad:
+            raise ValueError(f"{folder}: files differ from manifest.json (sha256): {bad}; rebuild, or set "
+                             "data.verify_files=false to train anyway")
+    if rate is None:
+        rate = max((e["rate"] for e in m["rates"]), default=0) or None
+    return m, train_indices(m, rate)
+
+
+def epoch_order(indices: np.ndarray, seed: int, epoch: int, rank: int, world: int, batch: int,
+                drop_last: bool, shuffle: bool = True) -> np.ndarray:
+    """This rank's samples for one epoch: a seeded global permutation, cut to whole global batches,
+    dealt round-robin by rank (so ranks see disjoint samples and equal batch counts)."""
+    order = np.random.default_rng([seed, epoch]).permutation(indices) if shuffle else np.asarray(indices)
+    gbatch = batch * world
+    n = (len(order) // gbatch) * gbatch if drop_last else len(order)
+    return order[:n][rank::world]
