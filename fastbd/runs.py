@@ -1,0 +1,104 @@
+"""Run folders: a run describes itself.
+
+    RUN/config.yaml          the fully resolved config
+    RUN/meta.json            git SHA (and whether the tree was dirty), versions, host, world size,
+                             the data folder's manifest sha256 and source fingerprint
+    RUN/metrics.jsonl        append-only, one JSON object per log line (rank 0 only)
+    RUN/ckpt/last.pt         plain-dict checkpoint, loadable with torch.load(weights_only=True)
+    RUN/encoder.safetensors  the trained backbone; RUN/encoder.json its metadata
+Every file is written to a temporary name and renamed, so a crash never leaves a torn file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+from fastbd import __version__
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def git_info() -> dict:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        sha, dirty = "", False
+    return {"sha": sha or None, "dirty": dirty}
+
+
+def run_meta(data_folder: str, world: int) -> dict:
+    manifest = Path(data_folder) / "manifest.json"
+    m = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    return {
+        "fastbd_version": __version__,
+        "git": git_info(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "world_size": world,
+        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "data": {"path": str(Path(data_folder).resolve()),
+                 "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest() if m else None,
+                 "source_fingerprint": m.get("source", {}).get("fingerprint")},
+    }
+
+
+class MetricsLog:
+    """Append-only JSON lines; a resumed run keeps appending to the same file."""
+
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path, self.enabled = path, enabled
+
+    def write(self, **row) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+
+
+def read_metrics(run: str | Path) -> list[dict]:
+    p = Path(run) / "metrics.jsonl"
+    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()] if p.is_file() else []
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Safe load: tensors and plain containers only; nothing in the file is executed."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def export_encoder(run: Path, encoder: torch.nn.Module, meta: dict) -> Path:
+    from safetensors.torch import save as st_save
+
+    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    atomic_write_bytes(run / "encoder.safetensors", st_save(state, metadata={"fastbd": json.dumps(meta)}))
+    atomic_write_bytes(run / "encoder.json", (json.dumps(meta, indent=1) + "\n").encode())
+    return run / "encoder.safetensors"
+
+
+def load_encoder_state(path: str | Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
