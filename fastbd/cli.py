@@ -3,6 +3,7 @@
     fastbd build-beton --config configs/poison/demo.yaml --out out/demo [key=value ...]
     fastbd inspect out/demo
     fastbd make-synthetic --out data/synth source.synthetic.width=500 ...
+    fastbd train --config configs/ssl/moco_resnet18.yaml data.path=out/demo out=runs/moco
 """
 
 from __future__ import annotations
@@ -77,6 +78,32 @@ def make_synthetic(
     except (ConfigError, FileExistsError) as e:
         _fail(e)
     typer.echo(f"wrote {n} images to {out}")
+
+
+@app.command("train")
+def train_cmd(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="SSL config YAML (overrides only)"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="continue this run folder from its last checkpoint"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key=value, e.g. data.path=out/demo out=runs/x"),
+) -> None:
+    """Train an SSL encoder on a compiled dataset; writes a self-describing run folder."""
+    from fastbd.config import ConfigError, load_config
+    from fastbd.train import TrainConfig, TrainingDiverged, train
+
+    try:
+        if resume is not None:
+            # The run's own resolved config is the base; overrides (e.g. epochs=) apply on top.
+            if config is not None:
+                raise ConfigError("--resume reads RUN/config.yaml; do not pass --config as well")
+            cfg = load_config(TrainConfig, resume / "config.yaml", [*(overrides or []), f"out={resume}"])
+        else:
+            cfg = load_config(TrainConfig, config, overrides or [])
+        if cfg.data.path == "???":
+            raise ConfigError("data.path: required (a `fastbd build-beton` output folder)")
+        out = train(cfg, resume=resume is not None)
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, ImportError, TrainingDiverged) as e:
+        _fail(e)
+    typer.echo(f"run folder: {out}")
 
 
 def main() -> None:  # pragma: no cover

@@ -25,6 +25,7 @@ class MocoConfig:
     queue: int = 65536  # negatives; capped to the training set size
     momentum: float = 0.999  # key-encoder EMA
     temperature: float = 0.2
+    shuffle_bn: bool = True  # shuffle keys across ranks before the key encoder (MoCo Sec. 3.3); no-op in one process
 
 
 @dataclass
@@ -56,6 +57,8 @@ class JigsawConfig:
     grid: int = 3  # tiles per side
     permutations: int = 100  # classes: a fixed, seeded set of maximally different permutations
     tile_jitter: int = 0  # px of random shift inside each tile (0 = none)
+    tile_norm: bool = True  # normalise each tile's mean/std on its own (Noroozi & Favaro 2016, Sec. 3.3: no shortcuts)
+    hidden: int = 1024  # width of the classifier MLP over the concatenated tile features
 
 
 @dataclass
@@ -86,8 +89,13 @@ class Method(nn.Module):
         self.cfg = cfg
         self.num_samples = num_samples  # training-set size, to cap queues and banks
 
+    @classmethod
+    def views_for(cls, cfg: MethodConfig) -> tuple[str, ...]:
+        """The views a method built from `cfg` asks for; a classmethod so the loader can be made first."""
+        return cls.VIEWS
+
     def views(self) -> tuple[str, ...]:
-        return self.VIEWS
+        return self.views_for(self.cfg)
 
     def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError

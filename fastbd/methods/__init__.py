@@ -1,0 +1,32 @@
+"""SSL methods by config name (`method.name`); see base.py for the interface the trainer uses."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .base import Method, MethodConfig
+from .byol import BYOL
+from .jigsaw import Jigsaw
+from .moco import MoCo
+from .msf import MSF
+from .rotnet import RotNet
+from .simclr import SimCLR
+
+METHODS: dict[str, type[Method]] = {
+    "moco": MoCo,
+    "byol": BYOL,
+    "msf": MSF,
+    "simclr": SimCLR,
+    "jigsaw": Jigsaw,
+    "rotnet": RotNet,
+}
+
+
+def make_method(cfg: MethodConfig, encoder: nn.Module, feat_dim: int, num_samples: int) -> Method:
+    """The configured method around `encoder` (feature width `feat_dim`); `num_samples` caps queues/banks."""
+    if cfg.name not in METHODS:
+        raise ValueError(f"method.name: unknown method {cfg.name!r}; known: {sorted(METHODS)}")
+    return METHODS[cfg.name](encoder, feat_dim, cfg, num_samples)
+
+
+__all__ = ["METHODS", "Method", "MethodConfig", "make_method"]

@@ -1,0 +1,64 @@
+"""BYOL (Grill et al. 2020, "Bootstrap Your Own Latent").
+
+Online network = backbone + projector + predictor; target network = an EMA copy of backbone + projector
+with no predictor and no gradient. The online prediction of each view regresses the target projection
+of the other view; the loss is symmetrised (Eq. 2: L + L~). The EMA rate tau rises from tau_base to 1
+on a cosine schedule over training (Sec. 3.2).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..losses import byol_loss
+from ..models import ema_update, mlp
+from .base import Method, MethodConfig
+from .moco import frozen_copy
+
+
+def cosine_tau(tau_base: float, progress: float) -> float:
+    """BYOL Sec. 3.2: tau = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2; tau_base at 0, 1 at the end."""
+    progress = min(max(progress, 0.0), 1.0)
+    return 1 - (1 - tau_base) * (math.cos(math.pi * progress) + 1) / 2
+
+
+class BYOL(Method):
+    VIEWS = ("byol", "byol")
+
+    def __init__(self, encoder: nn.Module, feat_dim: int, cfg: MethodConfig, num_samples: int):
+        super().__init__(encoder, feat_dim, cfg, num_samples)
+        c = cfg.byol
+        # Linear-BN-ReLU-Linear for both, as in the paper (Sec. 3.3).
+        self.projector = mlp(feat_dim, c.hidden, c.dim)
+        self.predictor = mlp(c.dim, c.hidden, c.dim)
+        self.encoder_t = frozen_copy(encoder)
+        self.projector_t = frozen_copy(self.projector)
+        self.tau = c.tau_base  # EMA rate used by the last after_step (logged)
+
+    @classmethod
+    def views_for(cls, cfg: MethodConfig) -> tuple[str, ...]:
+        return ("byol_a", "byol_b") if cfg.byol.asymmetric else cls.VIEWS
+
+    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        # One forward per view, like the reference: BN statistics are per view, not over both.
+        p1, p2 = (self.predictor(self.projector(self.encoder(v))) for v in views[:2])
+        with torch.no_grad():
+            z1, z2 = (self.projector_t(self.encoder_t(v)) for v in views[:2])
+        loss = byol_loss(p1, z2) + byol_loss(p2, z1)
+        return loss, {"loss": loss.item(), "tau": self.tau}
+
+    # tau travels with the checkpoint, so the first logged value after a resume is the right one.
+    def get_extra_state(self) -> dict:
+        return {"tau": self.tau}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.tau = float(state["tau"])
+
+    @torch.no_grad()
+    def after_step(self, progress: float) -> None:
+        self.tau = cosine_tau(self.cfg.byol.tau_base, progress)
+        ema_update(self.encoder_t, self.encoder, self.tau)
+        ema_update(self.projector_t, self.projector, self.tau)

@@ -1,0 +1,50 @@
+"""Mean Shift, MSF (Koohpayegani et al. ICCV 2021, "Mean Shift for Self-Supervised Learning").
+
+BYOL's architecture (online backbone + projector + predictor; target = EMA of backbone + projector at a
+constant rate) with BYOL's single positive replaced by the top-k nearest neighbours of the target
+embedding in a memory bank of earlier target embeddings. The weak view (crop + flip) goes to the
+target, the strong (MoCo v2) view to the online network; one direction, not symmetrised (Sec. 3).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..dist import all_gather_cat
+from ..losses import msf_loss
+from ..models import ema_update, mlp
+from .base import Method, MethodConfig
+from .moco import fifo_enqueue, frozen_copy
+
+
+class MSF(Method):
+    VIEWS = ("weak", "mocov2")  # view 0 -> target, view 1 -> online
+
+    def __init__(self, encoder: nn.Module, feat_dim: int, cfg: MethodConfig, num_samples: int):
+        super().__init__(encoder, feat_dim, cfg, num_samples)
+        c = cfg.msf
+        self.projector = mlp(feat_dim, c.hidden, c.dim)
+        self.predictor = mlp(c.dim, c.hidden, c.dim)
+        self.encoder_t = frozen_copy(encoder)
+        self.projector_t = frozen_copy(self.projector)
+        # Capped to the training set: a bank larger than the data would hold stale duplicates.
+        k = max(1, min(c.bank, num_samples))
+        self.register_buffer("bank", F.normalize(torch.randn(k, c.dim), dim=1))  # (K, D), random normalised init
+        self.register_buffer("bank_ptr", torch.zeros((), dtype=torch.long))
+
+    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        q = self.predictor(self.projector(self.encoder(views[1])))
+        with torch.no_grad():
+            t = F.normalize(self.projector_t(self.encoder_t(views[0])), dim=1)
+        # Neighbours come from the bank as it was before this batch, plus each sample's own target.
+        loss = msf_loss(q, t, self.bank.clone(), self.cfg.msf.topk)
+        fifo_enqueue(self.bank, self.bank_ptr, all_gather_cat(t))
+        return loss, {"loss": loss.item()}
+
+    @torch.no_grad()
+    def after_step(self, progress: float) -> None:
+        m = self.cfg.msf.momentum  # constant in MSF (0.99), unlike BYOL's cosine schedule
+        ema_update(self.encoder_t, self.encoder, m)
+        ema_update(self.projector_t, self.projector, m)

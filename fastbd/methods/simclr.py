@@ -1,0 +1,41 @@
+"""SimCLR (Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual Representations").
+
+Backbone + MLP projection head; NT-Xent over the 2N views of the batch. In distributed runs the other
+ranks' projections join as extra negatives (the reference gathers across TPU cores), without gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..dist import all_gather_cat, rank, world_size
+from ..losses import nt_xent
+from ..models import mlp
+from .base import Method, MethodConfig
+
+
+def other_ranks(z: torch.Tensor) -> torch.Tensor | None:
+    """Every rank's `z` except this one's, concatenated; None in a single process."""
+    world = world_size()
+    if world == 1:
+        return None
+    zs = all_gather_cat(z.detach()).view(world, *z.shape)
+    keep = [r for r in range(world) if r != rank()]
+    return zs[keep].flatten(0, 1)
+
+
+class SimCLR(Method):
+    VIEWS = ("simclr", "simclr")
+
+    def __init__(self, encoder: nn.Module, feat_dim: int, cfg: MethodConfig, num_samples: int):
+        super().__init__(encoder, feat_dim, cfg, num_samples)
+        c = cfg.simclr
+        self.head = mlp(feat_dim, c.hidden, c.dim)
+
+    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        n = views[0].shape[0]
+        # Both views in one pass: the reference encodes the 2N batch together (one set of BN statistics).
+        z = self.head(self.encoder(torch.cat(views[:2], 0)))
+        loss = nt_xent(z[:n], z[n:], self.cfg.simclr.temperature, other_ranks(z))
+        return loss, {"loss": loss.item()}

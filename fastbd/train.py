@@ -1,0 +1,243 @@
+"""SSL training on a compiled dataset: one trainer for every method.
+
+    fastbd train --config configs/ssl/moco_resnet18.yaml data.path=out/demo out=runs/moco [key=value ...]
+    torchrun --nproc_per_node 8 -m fastbd.cli train --config ...      (DDP; only rank 0 writes)
+
+The trainer owns the loop, AMP (bf16 autocast, or fp16 with a grad scaler), channels_last, optional
+torch.compile, DDP, the per-step LR schedule, checkpoints (plain dicts, atomic), resume (exact at epoch
+granularity: model, optimiser, scaler, step, RNG; the loader's order and augmentation are pure functions
+of seed, epoch and step), metrics.jsonl and the final safetensors export. A NaN/inf loss stops the run
+with a clear message; the last good checkpoint stays.
+Reference numbers and hardware: README, "Benchmarks" (benchmarks/train_throughput.py).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fastbd.config import to_dict, to_yaml
+from fastbd.data import DataConfig, make_loader
+from fastbd.dist import DistInfo, all_reduce_mean, init_distributed
+from fastbd.methods import make_method
+from fastbd.methods.base import MethodConfig
+from fastbd.models import ModelConfig, make_backbone
+from fastbd.optim import OptimConfig, lr_at, make_optimizer
+from fastbd.runs import (MetricsLog, atomic_torch_save, atomic_write_bytes, export_encoder, load_checkpoint,
+                         run_meta)
+
+
+@dataclass
+class TrainConfig:
+    out: str = "runs/default"  # run folder
+    epochs: int = 200
+    seed: int = 0  # model init, data order, augmentation
+    device: str = "auto"  # auto (cuda if available) | cuda | cpu
+    amp: str = "auto"  # auto (bf16 on cuda, off on cpu) | bf16 | fp16 | none
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the method (slow first steps, faster after)
+    sync_bn: bool = True  # under DDP on GPUs: SyncBatchNorm (the alternative to MoCo's shuffle-BN)
+    ckpt_every: int = 1  # epochs between checkpoints (the last epoch always writes one)
+    log_every: int = 20  # steps between metrics.jsonl lines
+    max_steps: int = 0  # stop after this many steps in total (0: full schedule); smoke tests, benchmarks
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def _device(cfg: TrainConfig, info: DistInfo) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device(f"cuda:{info.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    return torch.device(cfg.device)
+
+
+def _amp(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    mode = cfg.amp if cfg.amp != "auto" else ("bf16" if device.type == "cuda" else "none")
+    if mode not in ("bf16", "fp16", "none"):
+        raise ValueError(f"amp: {cfg.amp!r} is not one of auto, bf16, fp16, none")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[mode], mode == "fp16"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+        np.random.seed(seed % 2**32)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _rng_state(device: torch.device) -> dict:
+    return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    if state.get("cuda") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, resume: bool = False, log=None):
+        self.cfg, self.info = cfg, init_distributed()
+        self.device = _device(cfg, self.info)
+        self.log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+        self.out = Path(cfg.out)
+        seed_everything(cfg.seed + self.info.rank)
+        self.loader = make_loader(cfg.data, self._views(), device=self.device, seed=cfg.seed,
+                                  rank=self.info.rank, world=self.info.world)
+        num_samples = len(self.loader.indices)
+        encoder, feat_dim = make_backbone(cfg.model)
+        self.method = make_method(cfg.method, encoder, feat_dim, num_samples).to(self.device)
+        if cfg.channels_last:
+            self.method = self.method.to(memory_format=torch.channels_last)
+        self.model: nn.Module = self.method
+        if self.info.world > 1:
+            if cfg.sync_bn and self.device.type == "cuda":  # SyncBN is CUDA-only; gloo/CPU keeps per-rank BN
+                self.method = nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.method, device_ids=ids)
+        if cfg.compile:
+            self.model = torch.compile(self.model)
+        self.base_lr = cfg.optim.lr * cfg.data.batch_size / 256
+        self.opt = make_optimizer(cfg.optim, self.method, self.base_lr)
+        self.amp_dtype, fp16 = _amp(cfg, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
+        self.steps_per_epoch = len(self.loader)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"data.batch_size={cfg.data.batch_size} is larger than the {num_samples} training "
+                             "samples; lower it or set data.drop_last=false")
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.epoch, self.step = 0, 0
+        self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.info.main)
+        self._prepare_folder(resume)
+
+    def _views(self) -> list[str]:
+        from fastbd.methods import METHODS
+        if self.cfg.method.name not in METHODS:
+            raise ValueError(f"method.name: {self.cfg.method.name!r} is not one of {sorted(METHODS)}")
+        return list(METHODS[self.cfg.method.name].views_for(self.cfg.method))
+
+    def _prepare_folder(self, resume: bool) -> None:
+        ckpt = self.out / "ckpt" / "last.pt"
+        if resume:
+            if not ckpt.is_file():
+                raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
+            self._load(ckpt)
+            self.log(f"resumed {self.out} at epoch {self.epoch} (step {self.step})")
+            return
+        if self.out.exists() and any(self.out.iterdir()):
+            raise FileExistsError(f"run folder {self.out} is not empty; use --resume to continue it, "
+                                  "or choose another out=")
+        if self.info.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.out / "config.yaml", to_yaml(self.cfg).encode())
+            meta = run_meta(self.cfg.data.path, self.info.world)
+            atomic_write_bytes(self.out / "meta.json", (json.dumps(meta, indent=1) + "\n").encode())
+
+    def _save(self) -> None:
+        if not self.info.main:
+            return
+        atomic_torch_save({"model": self.method.state_dict(), "optimizer": self.opt.state_dict(),
+                           "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step,
+                           "rng": _rng_state(self.device), "config": to_dict(self.cfg)},
+                          self.out / "ckpt" / "last.pt")
+
+    def _load(self, path: Path) -> None:
+        ck = load_checkpoint(path)
+        self.method.load_state_dict(ck["model"])
+        self.opt.load_state_dict(ck["optimizer"])
+        self.scaler.load_state_dict(ck["scaler"])
+        self.epoch, self.step = int(ck["epoch"]), int(ck["step"])
+        _set_rng_state(ck["rng"], self.device)
+
+    def _train_step(self, views: list[torch.Tensor]) -> tuple[float, dict]:
+        lr = lr_at(self.cfg.optim, self.base_lr, self.step, self.steps_per_epoch, self.total_steps)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        ctx = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext())
+        with ctx:
+            loss, logs = self.model(views)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"loss is {loss.item()} at epoch {self.epoch}, step {self.step}; the last good "
+                                   f"checkpoint is {self.out / 'ckpt' / 'last.pt'} (try a lower optim.lr)")
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.step += 1
+        self.method.after_step(self.step / self.total_steps)
+        return lr, logs
+
+    def _done(self) -> bool:
+        return bool(self.cfg.max_steps) and self.step >= self.cfg.max_steps
+
+    def fit(self) -> Path:
+        cfg = self.cfg
+        self.method.train()
+        while self.epoch < cfg.epochs and not self._done():
+            self._run_epoch()
+            self.epoch += 1
+            if self.epoch % cfg.ckpt_every == 0 or self.epoch == cfg.epochs or self._done():
+                self._save()
+        if self.info.main:
+            self._export()
+        return self.out
+
+    def _run_epoch(self) -> None:
+        self.loader.set_epoch(self.epoch)
+        t0, seen, losses = time.perf_counter(), 0, []
+        bar = _progress(len(self.loader), f"epoch {self.epoch}", self.info.main)
+        for batch in self.loader:
+            lr, logs = self._train_step(batch.views)
+            seen += batch.label.shape[0]
+            losses.append(logs.get("loss", 0.0))
+            if bar:
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            if self.step % self.cfg.log_every == 0:
+                self.metrics.write(kind="step", epoch=self.epoch, step=self.step, lr=lr, **logs)
+            if self._done():
+                break
+        if bar:
+            bar.close()
+        dt = time.perf_counter() - t0
+        loss = all_reduce_mean(sum(losses) / max(1, len(losses)), self.device)
+        ips = seen * self.info.world / max(dt, 1e-9)
+        self.metrics.write(kind="epoch", epoch=self.epoch, step=self.step, loss=loss, img_per_s=ips, seconds=dt)
+        if self.info.main and not bar:
+            self.log(f"epoch {self.epoch}: loss {loss:.4f}, {ips:.0f} img/s, {dt:.1f} s")
+
+    def _export(self) -> None:
+        meta = {"arch": self.cfg.model.arch, "small_input": self.cfg.model.small_input,
+                "feat_dim": self.method.feat_dim, "method": self.cfg.method.name, "epochs": self.epoch,
+                "steps": self.step, "data": json.loads((self.out / "meta.json").read_text())["data"]}
+        export_encoder(self.out, self.method.encoder, meta)
+
+
+def _progress(total: int, desc: str, main: bool):
+    """A tqdm bar on an interactive terminal; None (a plain line per epoch) otherwise."""
+    if not main or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, leave=False)
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> Path:
+    return Trainer(cfg, resume=resume).fit()

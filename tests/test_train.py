@@ -1,0 +1,96 @@
+"""The trainer on CPU: run folder contents, exact resume, NaN stop, and a two-process gloo DDP run."""
+
+import json
+import os
+import socket
+
+import pytest
+import torch
+
+from fastbd.config import load_config
+from fastbd.runs import load_checkpoint, load_encoder_state, read_metrics
+from fastbd.train import TrainConfig, Trainer, TrainingDiverged, train
+
+TINY_TRAIN = ["epochs=2", "data.batch_size=16", "data.res=32", "data.workers=0", "data.backend=torch",
+              "model.small_input=true", "method.moco.hidden=64", "method.moco.dim=32", "method.moco.queue=64",
+              "log_every=1"]
+
+
+def cfg_for(data, out, *extra):
+    return load_config(TrainConfig, None, [f"data.path={data}", f"out={out}", *TINY_TRAIN, *extra])
+
+
+def test_run_folder_describes_itself(tiny_build, tmp_path):
+    out = train(cfg_for(tiny_build, tmp_path / "run"))
+    names = {p.name for p in out.iterdir()}
+    assert {"config.yaml", "meta.json", "metrics.jsonl", "ckpt", "encoder.safetensors", "encoder.json"} <= names
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["git"]["sha"] is None or len(meta["git"]["sha"]) == 40
+    assert meta["data"]["source_fingerprint"] and meta["data"]["manifest_sha256"]
+    rows = read_metrics(out)
+    epochs = [r for r in rows if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [0, 1] and all(r["img_per_s"] > 0 for r in epochs)
+    ck = load_checkpoint(out / "ckpt" / "last.pt")  # weights_only: nothing executed
+    assert ck["epoch"] == 2 and ck["step"] == 2 * 3  # 48 samples (rate 0.5 index list) / 16
+    enc = load_encoder_state(out / "encoder.safetensors")
+    assert "conv1.weight" in enc and not any(k.startswith("fc.") for k in enc)
+    assert json.loads((out / "encoder.json").read_text())["feat_dim"] == 512
+    loaded = load_config(TrainConfig, out / "config.yaml")
+    assert loaded.data.batch_size == 16 and loaded.method.name == "moco"
+
+
+def test_existing_run_folder_is_refused(tiny_build, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "x").write_text("keep me")
+    with pytest.raises(FileExistsError, match="--resume"):
+        Trainer(cfg_for(tiny_build, tmp_path / "run"))
+
+
+def test_resume_reproduces_the_uninterrupted_run(tiny_build, tmp_path):
+    full = train(cfg_for(tiny_build, tmp_path / "full"))
+    # stop after epoch 0 (3 steps), then resume with the full schedule
+    train(cfg_for(tiny_build, tmp_path / "part", "max_steps=3"))
+    Trainer(cfg_for(tiny_build, tmp_path / "part"), resume=True).fit()
+    a = [r for r in read_metrics(full) if r["kind"] == "step"]
+    b = [r for r in read_metrics(tmp_path / "part") if r["kind"] == "step"]
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=1e-5)
+    wa = load_encoder_state(full / "encoder.safetensors")
+    wb = load_encoder_state(tmp_path / "part" / "encoder.safetensors")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+
+def test_nan_loss_stops_with_a_clear_message(tiny_build, tmp_path):
+    t = Trainer(cfg_for(tiny_build, tmp_path / "run", "optim.lr=1e30", "method.moco.temperature=1e-30"))
+    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
+        t.fit()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, data, out, result):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    cfg = cfg_for(data, out, "max_steps=2", "data.batch_size=16")
+    t = Trainer(cfg)
+    t.fit()
+    q = t.method
+    torch.save({"ptr": int(q.queue_ptr), "queue": q.queue.clone()}, f"{result}.{rank}")
+    torch.distributed.destroy_process_group()
+
+
+def test_two_process_gloo_ddp_gathers_keys(tiny_build, tmp_path):
+    port = _free_port()
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, str(tiny_build), str(tmp_path / "run"),
+                                                   str(tmp_path / "res")), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"res.{r}") for r in (0, 1))
+    # 2 steps x 16 global keys (8 per rank, gathered) enqueued on every rank, identically
+    assert r0["ptr"] == r1["ptr"] == 32
+    assert torch.equal(r0["queue"], r1["queue"])
+    assert (tmp_path / "run" / "encoder.safetensors").is_file()  # rank 0 wrote
+    assert [r["step"] for r in read_metrics(tmp_path / "run") if r["kind"] == "step"] == [1, 2]
