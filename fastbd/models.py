@@ -35,7 +35,7 @@ def make_backbone(cfg: ModelConfig) -> tuple[nn.Module, int]:
 
 
 def mlp(in_dim: int, hidden: int, out_dim: int, bn_last: bool = False) -> nn.Sequential:
-    """Linear-BN-ReLU-Linear: the MoCo v2 / BYOL / SimCLR projection head shape."""
+    """Linear-BN-ReLU-Linear: the BYOL / MSF / SimCLR projection head shape (MoCo v2's head has no BN)."""
     layers: list[nn.Module] = [nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
                                nn.Linear(hidden, out_dim)]
     if bn_last:

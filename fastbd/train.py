@@ -44,7 +44,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on cuda, off on cpu) | bf16 | fp16 | none
     channels_last: bool = True
     compile: bool = False  # torch.compile the method (slow first steps, faster after)
-    sync_bn: bool = True  # under DDP on GPUs: SyncBatchNorm (the alternative to MoCo's shuffle-BN)
+    sync_bn: bool = True  # under DDP on GPUs: SyncBatchNorm (not for MoCo while method.moco.shuffle_bn is on)
     ckpt_every: int = 1  # epochs between checkpoints (the last epoch always writes one)
     log_every: int = 20  # steps between metrics.jsonl lines
     max_steps: int = 0  # stop after this many steps in total (0: full schedule); smoke tests, benchmarks
@@ -109,7 +109,10 @@ class Trainer:
             self.method = self.method.to(memory_format=torch.channels_last)
         self.model: nn.Module = self.method
         if self.info.world > 1:
-            if cfg.sync_bn and self.device.type == "cuda":  # SyncBN is CUDA-only; gloo/CPU keeps per-rank BN
+            # SyncBN is CUDA-only (gloo/CPU keeps per-rank BN). MoCo with shuffle-BN skips it: global
+            # statistics would undo what shuffling the keys across ranks is for (MoCo, section 3.3).
+            shuffled = cfg.method.name == "moco" and cfg.method.moco.shuffle_bn
+            if cfg.sync_bn and self.device.type == "cuda" and not shuffled:
                 self.method = nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.method, device_ids=ids)
