@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -68,6 +69,7 @@ def trainer(data: Path, out: Path, method: str, backend: str, res: int, batch: i
             "data.verify_files=false", "log_every=1000000"]
     if method == "moco":
         over += ["method.moco.hidden=512"]
+    shutil.rmtree(out, ignore_errors=True)  # a benchmark run folder is scratch
     return Trainer(load_config(TrainConfig, None, over), log=lambda s: None)
 
 

@@ -102,7 +102,7 @@ class Trainer:
         seed_everything(cfg.seed + self.info.rank)
         self.loader = make_loader(cfg.data, self._views(), device=self.device, seed=cfg.seed,
                                   rank=self.info.rank, world=self.info.world)
-        num_samples = len(self.loader.indices)
+        num_samples = self.loader.num_samples
         encoder, feat_dim = make_backbone(cfg.model)
         self.method = make_method(cfg.method, encoder, feat_dim, num_samples).to(self.device)
         if cfg.channels_last:

@@ -39,6 +39,16 @@ def test_run_folder_describes_itself(tiny_build, tmp_path):
     assert loaded.data.batch_size == 16 and loaded.method.name == "moco"
 
 
+@pytest.mark.parametrize("backend", ["ffcv", "dali"])
+def test_trainer_runs_on_every_backend(tiny_build, tmp_path, backend):
+    pytest.importorskip({"ffcv": "ffcv", "dali": "nvidia.dali"}[backend])
+    out = train(cfg_for(tiny_build, tmp_path / "run", f"data.backend={backend}", "max_steps=2",
+                        "method.name=byol", "method.byol.hidden=64", "method.byol.dim=32"))
+    steps = [r for r in read_metrics(out) if r["kind"] == "step"]
+    assert [r["step"] for r in steps] == [1, 2] and all(r["loss"] == r["loss"] for r in steps)
+    assert (out / "encoder.safetensors").is_file()
+
+
 def test_existing_run_folder_is_refused(tiny_build, tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "x").write_text("keep me")

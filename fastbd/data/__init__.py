@@ -24,10 +24,11 @@ def make_loader(cfg: DataConfig, views: list[str] | tuple[str, ...], *, device: 
                 workers=cfg.workers, device=device, seed=seed, rank=rank, world=world,
                 drop_last=cfg.drop_last, shuffle=shuffle)
     if cfg.backend == "torch":
-        from .torch_loader import TorchLoader
-        return TorchLoader(**args)
-    if cfg.backend == "ffcv":
-        from .ffcv_loader import FfcvLoader
-        return FfcvLoader(**args)
-    from .dali_loader import DaliLoader
-    return DaliLoader(**args)
+        from .torch_loader import TorchLoader as cls
+    elif cfg.backend == "ffcv":
+        from .ffcv_loader import FfcvLoader as cls
+    else:
+        from .dali_loader import DaliLoader as cls
+    loader = cls(**args)
+    loader.num_samples = len(indices)  # the training set's size (all ranks), for queues and banks
+    return loader
