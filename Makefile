@@ -8,6 +8,8 @@ setup:
 demo: setup
 	.venv/bin/fastbd build-beton --config configs/poison/demo.yaml --out out/demo --force
 	.venv/bin/fastbd inspect out/demo
+	rm -rf runs/demo
+	.venv/bin/fastbd train --config configs/ssl/demo_cpu.yaml data.path=out/demo out=runs/demo
 
 test: setup
 	$(PY) -m pytest -q

@@ -101,7 +101,8 @@ def train_cmd(
         if cfg.data.path == "???":
             raise ConfigError("data.path: required (a `fastbd build-beton` output folder)")
         out = train(cfg, resume=resume is not None)
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, ImportError, TrainingDiverged) as e:
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, KeyError, ImportError,
+            TrainingDiverged) as e:
         _fail(e)
     typer.echo(f"run folder: {out}")
 

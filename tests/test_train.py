@@ -49,6 +49,26 @@ def test_trainer_runs_on_every_backend(tiny_build, tmp_path, backend):
     assert (out / "encoder.safetensors").is_file()
 
 
+def test_data_folder_problems_are_named(tiny_build, tmp_path):
+    import shutil
+
+    with pytest.raises(FileNotFoundError, match="manifest"):
+        Trainer(cfg_for(tmp_path / "nothing", tmp_path / "r1"))
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_build, copy)
+    with open(copy / "dali" / "train-00000.tar", "r+b") as f:  # flip one byte
+        f.seek(2000)
+        b = f.read(1)
+        f.seek(2000)
+        f.write(bytes([b[0] ^ 1]))
+    with pytest.raises(ValueError, match=r"differ from manifest.json .*train-00000.tar.*verify_files"):
+        Trainer(cfg_for(copy, tmp_path / "r2"))
+    with pytest.raises(KeyError, match="rate 0.3 not in this build"):
+        Trainer(cfg_for(tiny_build, tmp_path / "r3", "data.rate=0.3"))
+    with pytest.raises(ValueError, match="method.name"):
+        Trainer(cfg_for(tiny_build, tmp_path / "r4", "method.name=dino"))
+
+
 def test_existing_run_folder_is_refused(tiny_build, tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "x").write_text("keep me")
