@@ -107,6 +107,47 @@ def train_cmd(
     typer.echo(f"run folder: {out}")
 
 
+@app.command("eval")
+def eval_cmd(
+    run: Optional[Path] = typer.Option(None, "--run", help="a fastbd train run folder"),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="an encoder file (.safetensors, .pt, .pth)"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key=value, e.g. data=out/demo probe.label_fraction=0.1"),
+) -> None:
+    """Evaluate an encoder: linear probe and kNN on clean and triggered validation images."""
+    from fastbd.config import ConfigError, load_config
+    from fastbd.evaluate import EvalConfig, evaluate
+
+    try:
+        cfg = load_config(EvalConfig, None, overrides or [])
+        if cfg.data == "???":
+            raise ConfigError("data: required (the `fastbd build-beton` folder)")
+        report = evaluate(cfg, run, checkpoint)
+    except (ConfigError, FileNotFoundError, ValueError, KeyError) as e:
+        _fail(e)
+    m = report[report["protocol"]]
+    asr = "-" if m["asr"] is None else f"{100 * m['asr']:.1f}%"
+    typer.echo(f"clean top-1 {100 * m['clean_top1']:.1f}%  patched top-1 {100 * m['patched_top1']:.1f}%  "
+               f"target FP {m['target_fp']} / {m['nontarget_count']}  ASR {asr}")
+
+
+@app.command("compare")
+def compare(runs: List[Path] = typer.Argument(..., help="run folders that have been through `fastbd eval`")) -> None:
+    """Print the clean-vs-poisoned table (accuracy, target FP, ASR, NFP, kNN) of evaluated runs."""
+    import json
+
+    from fastbd.metrics import report_markdown
+
+    rows = []
+    for r in runs:
+        p = r / "eval" / "report.json"
+        if not p.is_file():
+            _fail(FileNotFoundError(f"{p}: run `fastbd eval --run {r} data=...` first"))
+        rep = json.loads(p.read_text())
+        knn = next((v for k, v in rep.items() if k.startswith("knn_") and k.endswith("_top1")), None)
+        rows.append({"model": r.name, **rep[rep["protocol"]], "knn_top1": knn})
+    typer.echo(report_markdown(rows))
+
+
 def main() -> None:  # pragma: no cover
     app(prog_name="fastbd")
 

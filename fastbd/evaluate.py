@@ -1,0 +1,252 @@
+"""Backdoor evaluation of a frozen encoder: features -> linear probe / kNN -> the paper's metrics.
+
+    fastbd eval --run runs/moco data=out/demo [key=value ...]       (or --checkpoint FILE model.arch=...)
+
+Protocol (Saha et al. 2022; reference moco/eval_linear.py): features of the frozen backbone on
+centre crops (Resize(resize) + CenterCrop(res), as the reference's val transform); the reference's
+normalisation: L2-normalise, then standardise each dimension with the mean and std of the labelled
+training features; a linear layer trained with SGD (lr 0.01, momentum 0.9, wd 1e-4, 40 epochs, x0.1 at
+15 and 30, batch 256) on a class-balanced, seeded label fraction of the clean training set that never
+contains a poisoned image. Here the probe trains on cached centre-crop features (the fast mode); the
+reference's random-resized-crop + flip probe is not implemented yet. kNN (k=1, 50; majority vote on
+cosine similarity) uses the same labelled features as its bank.
+Outputs in RUN/eval/: report.json, report.md, conf_matrix.csv, conf_matrix_{clean,poisoned}.npy, *.png.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision import transforms as T
+
+from beton_builders.manifest import load_manifest
+from fastbd.data.base import IMAGENET_MEAN, IMAGENET_STD
+from fastbd.data.samples import TarSamples
+from fastbd.models import ModelConfig, make_backbone
+from fastbd.runs import load_checkpoint, load_encoder_state
+
+PREFIXES = ("module.", "encoder_q.", "encoder.", "backbone.", "base_encoder.")
+
+
+@dataclass
+class ProbeConfig:
+    label_fraction: float = 0.01  # of the clean training set, class-balanced (paper: 0.01 and 0.1)
+    epochs: int = 40
+    lr: float = 0.01  # at batch 256
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    milestones: list[int] = field(default_factory=lambda: [15, 30])  # epochs, lr x0.1 at each
+    batch_size: int = 256
+
+
+@dataclass
+class EvalConfig:
+    data: str = "???"  # a build-beton folder (the same one the encoder was attacked with)
+    out: Optional[str] = None  # default: RUN/eval (or next to --checkpoint)
+    res: int = 224  # px, centre-crop side fed to the encoder
+    resize: int = 256  # px, shorter side before the centre crop (clean val and train)
+    batch_size: int = 256  # feature extraction
+    workers: int = 4  # DataLoader processes
+    device: str = "auto"
+    amp: str = "auto"  # auto (bf16 on cuda) | bf16 | none
+    seed: int = 0  # label-fraction draw and probe training
+    knn_k: list[int] = field(default_factory=lambda: [1, 50])
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)  # for --checkpoint files without metadata
+
+
+# ----- encoders -------------------------------------------------------------------------------------------
+
+def strip_state(state: dict) -> dict:
+    """A backbone state dict from a fastbd export, a torchvision ResNet, or a MoCo/BYOL checkpoint."""
+    for k in ("state_dict", "model"):
+        if k in state and isinstance(state[k], dict):
+            state = state[k]
+    out = {}
+    for k, v in state.items():
+        for p in PREFIXES:
+            if k.startswith(p):
+                k = k[len(p):]
+        if not k.startswith("fc.") and torch.is_tensor(v):
+            out[k] = v
+    return out
+
+
+def load_encoder(run: Optional[Path], checkpoint: Optional[Path], model: ModelConfig) -> tuple[torch.nn.Module, dict]:
+    meta: dict = {}
+    if run is not None:
+        path = run / "encoder.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no exported encoder; did `fastbd train` finish?")
+        meta = json.loads((run / "encoder.json").read_text())
+        model = ModelConfig(arch=meta["arch"], small_input=meta.get("small_input", False))
+        state = load_encoder_state(path)
+    else:
+        path = checkpoint
+        state = load_encoder_state(path) if str(path).endswith(".safetensors") else load_checkpoint(path)
+    net, feat_dim = make_backbone(model)
+    state = strip_state(state)
+    missing, _ = net.load_state_dict(state, strict=False)
+    if missing:
+        raise ValueError(f"{path}: not a {model.arch} backbone; missing {len(missing)} weights, e.g. {missing[:3]}")
+    net.eval()
+    return net, {**meta, "arch": model.arch, "feat_dim": feat_dim, "encoder": str(path)}
+
+
+# ----- data ----------------------------------------------------------------------------------------------
+
+class _CentreCrops(torch.utils.data.Dataset):
+    def __init__(self, samples: TarSamples, indices: np.ndarray, res: int, resize: int):
+        self.samples, self.indices = samples, indices
+        self.tf = T.Compose([T.Resize(resize), T.CenterCrop(res), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        j = int(self.indices[i])
+        im = Image.open(io.BytesIO(self.samples.read(j))).convert("RGB")
+        return self.tf(im), int(self.samples.label[j])
+
+
+@torch.no_grad()
+def extract(net, folder: Path, split: str, indices: Optional[np.ndarray], cfg: EvalConfig, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features (N, D) float32 on CPU, labels (N,)) for `indices` of `split` (None: all)."""
+    samples = TarSamples(folder, split)
+    idx = np.arange(len(samples)) if indices is None else np.asarray(indices)
+    # val_poisoned is already resized and cropped at build time: only scale it to res.
+    resize = cfg.res if split == "val_poisoned" else cfg.resize
+    ds = _CentreCrops(samples, idx, cfg.res, resize)
+    workers = min(cfg.workers, len(os.sched_getaffinity(0)))  # never more processes than cores
+    dl = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, num_workers=workers)
+    amp = _amp_dtype(cfg, device)
+    feats, labels = [], []
+    for x, y in dl:
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp) if amp else torch.autocast(device.type, enabled=False):
+            f = net(x)
+        feats.append(f.float().cpu())
+        labels.append(y)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def _amp_dtype(cfg: EvalConfig, device) -> Optional[torch.dtype]:
+    mode = cfg.amp if cfg.amp != "auto" else ("bf16" if device.type == "cuda" else "none")
+    return torch.bfloat16 if mode == "bf16" else None
+
+
+def labelled_subset(manifest: dict, labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Class-balanced, seeded indices into train.beton's clean part, never an image that was poisoned
+    at any rate (its clean copy is left out too, so no probe label ever sees a poisoning candidate)."""
+    n_clean = manifest["counts"]["train_clean"]
+    banned = {p["clean_index"] for p in manifest["poisoned"]}
+    rng = np.random.default_rng([seed, 0x1AB])
+    out = []
+    for c in np.unique(labels[:n_clean]):
+        pool = np.array([i for i in np.flatnonzero(labels[:n_clean] == c) if i not in banned])
+        k = max(1, int(round(fraction * (labels[:n_clean] == c).sum())))
+        out.extend(rng.permutation(pool)[:k].tolist())
+    return np.sort(np.asarray(out, np.int64))
+
+
+# ----- probe and kNN ----------------------------------------------------------------------------------------
+
+def normalise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+    """The reference's feature normalisation: L2, then standardise with the training features' statistics."""
+    tr = F.normalize(train, dim=1)
+    mean, std = tr.mean(0), tr.std(0).clamp_min(1e-6)
+    return [(tr - mean) / std] + [(F.normalize(o, dim=1) - mean) / std for o in others]
+
+
+def train_probe(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: ProbeConfig, seed: int) -> torch.nn.Linear:
+    g = torch.Generator().manual_seed(seed)
+    lin = torch.nn.Linear(x.shape[1], num_classes)
+    torch.nn.init.normal_(lin.weight, std=0.01, generator=g)
+    torch.nn.init.zeros_(lin.bias)
+    opt = torch.optim.SGD(lin.parameters(), lr=cfg.lr * cfg.batch_size / 256, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, cfg.milestones, 0.1)
+    for _ in range(cfg.epochs):
+        perm = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), cfg.batch_size):
+            b = perm[i:i + cfg.batch_size]
+            loss = F.cross_entropy(lin(x[b]), y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sched.step()
+    return lin.eval()
+
+
+@torch.no_grad()
+def knn_predict(bank: torch.Tensor, bank_y: torch.Tensor, q: torch.Tensor, k: int, num_classes: int) -> torch.Tensor:
+    """Majority vote of the k most cosine-similar bank features (ties: lowest class index)."""
+    sim = F.normalize(q, dim=1) @ F.normalize(bank, dim=1).T
+    top = sim.topk(min(k, len(bank)), dim=1).indices
+    votes = F.one_hot(bank_y[top], num_classes).sum(1)
+    return votes.argmax(1)
+
+
+# ----- the whole evaluation ---------------------------------------------------------------------------------
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def evaluate(cfg: EvalConfig, run: Optional[Path] = None, checkpoint: Optional[Path] = None, log=print) -> dict:
+    """Evaluate one encoder on one build; writes the eval folder and returns report.json's content."""
+    from fastbd import metrics as M
+    from fastbd.runs import atomic_write_bytes
+
+    if (run is None) == (checkpoint is None):
+        raise ValueError("give exactly one of --run RUN_DIR or --checkpoint FILE")
+    folder = Path(cfg.data)
+    manifest = load_manifest(folder)
+    out = Path(cfg.out) if cfg.out else (run / "eval" if run else Path(checkpoint).with_suffix("").parent / "eval")
+    device = _device(cfg.device)
+    net, enc_meta = load_encoder(run, checkpoint, cfg.model)
+    net = net.to(device).to(memory_format=torch.channels_last)
+    classes = manifest["source"]["classes"]
+    target = manifest["target"]["index"] if manifest["target"] else None
+    train_labels = TarSamples(folder, "train").label
+    subset = labelled_subset(manifest, train_labels, cfg.probe.label_fraction, cfg.seed)
+    log(f"[eval] features: {len(subset)} labelled train, val, val_poisoned")
+    xtr, ytr = extract(net, folder, "train", subset, cfg, device)
+    xva, yva = extract(net, folder, "val", None, cfg, device)
+    xvp, yvp = extract(net, folder, "val_poisoned", None, cfg, device)
+    ntr, nva, nvp = normalise(xtr, xva, xvp)
+    probe = train_probe(ntr, ytr, len(classes), cfg.probe, cfg.seed)
+    with torch.no_grad():
+        pva, pvp = probe(nva).argmax(1), probe(nvp).argmax(1)
+    cm_clean = M.confusion_matrix(yva.numpy(), pva.numpy(), len(classes))
+    cm_patched = M.confusion_matrix(yvp.numpy(), pvp.numpy(), len(classes))
+    lf = cfg.probe.label_fraction
+    proto = f"linear_cached_lf{lf:g}_seed{cfg.seed}"
+    report = {"protocol": proto, "encoder": enc_meta, "data": str(folder.resolve()),
+              "manifest_fingerprint": manifest["source"]["fingerprint"], "label_fraction": lf,
+              "labelled_indices": len(subset),
+              proto: M.attack_metrics(cm_clean, cm_patched, target)}
+    for k in cfg.knn_k:
+        pred = knn_predict(xtr, ytr, xva, k, len(classes))
+        report[f"knn_k{k}_lf{lf:g}_top1"] = float((pred == yva).float().mean())
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "labelled_indices.npy", subset)  # the exact probe labels, for provenance
+    M.save_matrices(out, cm_clean, cm_patched)
+    M.write_conf_matrix_csv(out / "conf_matrix.csv", cm_clean, cm_patched, classes)
+    M.heatmap_png(out / "conf_matrix_poisoned.png", cm_patched, classes, "patched validation", target)
+    row = {"model": enc_meta.get("method", "encoder"), **report[proto],
+           "knn_top1": report.get(f"knn_k{cfg.knn_k[0]}_lf{lf:g}_top1") if cfg.knn_k else None}
+    atomic_write_bytes(out / "report.md", (M.report_markdown([row]) + "\n").encode())
+    atomic_write_bytes(out / "report.json", (json.dumps(report, indent=1) + "\n").encode())
+    return report

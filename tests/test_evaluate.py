@@ -1,0 +1,72 @@
+"""Evaluation: encoder loading, the labelled subset, normalisation, kNN, and a tiny end-to-end eval."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from beton_builders import load_manifest
+from fastbd.config import load_config
+from fastbd.evaluate import (EvalConfig, evaluate, knn_predict, labelled_subset, load_encoder, normalise,
+                             strip_state)
+from fastbd.models import ModelConfig
+from fastbd.train import train
+
+from test_train import cfg_for
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_build, tmp_path_factory):
+    return train(cfg_for(tiny_build, tmp_path_factory.mktemp("runs") / "moco", "max_steps=2"))
+
+
+def test_foreign_checkpoints_load_with_or_without_prefixes(tmp_path):
+    net = torchvision.models.resnet18(weights=None)
+    for prefix, wrap in (("", None), ("module.", None), ("module.encoder_q.", "state_dict")):
+        state = {prefix + k: v for k, v in net.state_dict().items()}
+        torch.save({wrap: state} if wrap else state, tmp_path / "ck.pth")
+        enc, meta = load_encoder(None, tmp_path / "ck.pth", ModelConfig())
+        assert torch.equal(enc.conv1.weight, net.conv1.weight) and meta["feat_dim"] == 512
+    assert "fc.weight" not in strip_state(net.state_dict())
+    torch.save({"foo": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="not a resnet18 backbone"):
+        load_encoder(None, tmp_path / "bad.pth", ModelConfig())
+
+
+def test_labelled_subset_is_balanced_seeded_and_clean(tiny_build):
+    m = load_manifest(tiny_build)
+    from fastbd.data.samples import TarSamples
+    labels = TarSamples(tiny_build, "train").label
+    a = labelled_subset(m, labels, 0.5, seed=0)
+    assert (a == labelled_subset(m, labels, 0.5, seed=0)).all()
+    assert not set(a) & {p["clean_index"] for p in m["poisoned"]}
+    assert a.max() < m["counts"]["train_clean"]  # never a poisoned copy
+    counts = np.bincount(labels[a], minlength=4)
+    assert counts.tolist() == [6, 6, 6, 6]  # round(0.5 * 12) per class
+
+
+def test_normalise_and_knn():
+    g = torch.Generator().manual_seed(0)
+    tr, te = torch.randn(50, 8, generator=g), torch.randn(10, 8, generator=g)
+    ntr, nte = normalise(tr, te)
+    assert torch.allclose(ntr.mean(0), torch.zeros(8), atol=1e-5) and torch.allclose(ntr.std(0), torch.ones(8), atol=1e-4)
+    bank = torch.eye(3)
+    assert knn_predict(bank, torch.tensor([0, 1, 2]), torch.tensor([[0.1, 0.9, 0.0]]), 1, 3).tolist() == [1]
+
+
+def test_end_to_end_eval_writes_the_report(tiny_build, tiny_run):
+    cfg = load_config(EvalConfig, None, [f"data={tiny_build}", "res=32", "resize=36", "workers=0",
+                                         "probe.label_fraction=0.5", "probe.epochs=5", "knn_k=[1,5]"])
+    rep = evaluate(cfg, run=tiny_run, log=lambda s: None)
+    out = tiny_run / "eval"
+    for f in ("report.json", "report.md", "conf_matrix.csv", "conf_matrix_clean.npy", "conf_matrix_poisoned.npy",
+              "conf_matrix_poisoned.png", "labelled_indices.npy"):
+        assert (out / f).is_file(), f
+    m = rep[rep["protocol"]]
+    assert rep["protocol"] == "linear_cached_lf0.5_seed0"
+    assert 0 <= m["target_fp"] <= m["nontarget_count"] == 9 and 0 <= m["asr"] <= 1
+    assert 0 <= m["clean_top1"] <= 1 and "knn_k5_lf0.5_top1" in rep
+    assert json.loads((out / "report.json").read_text()) == rep
+    assert np.load(out / "conf_matrix_poisoned.npy").sum() == 12
