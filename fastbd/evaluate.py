@@ -7,9 +7,10 @@ centre crops (Resize(resize) + CenterCrop(res), as the reference's val transform
 normalisation: L2-normalise, then standardise each dimension with the mean and std of the labelled
 training features; a linear layer trained with SGD (lr 0.01, momentum 0.9, wd 1e-4, 40 epochs, x0.1 at
 15 and 30, batch 256) on a class-balanced, seeded label fraction of the clean training set that never
-contains a poisoned image. Here the probe trains on cached centre-crop features (the fast mode); the
-reference's random-resized-crop + flip probe is not implemented yet. kNN (k=1, 50; majority vote on
-cosine similarity) uses the same labelled features as its bank.
+contains a poisoned image. `probe.kind=augmented` trains it as the reference does, on fresh
+random-resized-crop + flip views through the frozen backbone every epoch (normalised with the
+centre-crop statistics); `probe.kind=cached` (default) trains on cached centre-crop features, which is
+many times faster. kNN (k=1, 50; majority vote on cosine similarity) uses the labelled features as its bank.
 Outputs in RUN/eval/: report.json, report.md, conf_matrix.csv, conf_matrix_{clean,poisoned}.npy, *.png.
 """
 
@@ -39,6 +40,7 @@ PREFIXES = ("module.", "encoder_q.", "encoder.", "backbone.", "base_encoder.")
 
 @dataclass
 class ProbeConfig:
+    kind: str = "cached"  # cached: train on centre-crop features (fast) | augmented: the reference's RRC + flip each epoch
     label_fraction: float = 0.01  # of the clean training set, class-balanced (paper: 0.01 and 0.1)
     epochs: int = 40
     lr: float = 0.01  # at batch 256
@@ -160,29 +162,69 @@ def labelled_subset(manifest: dict, labels: np.ndarray, fraction: float, seed: i
 
 # ----- probe and kNN ----------------------------------------------------------------------------------------
 
+def feature_stats(train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    tr = F.normalize(train, dim=1)
+    return tr.mean(0), tr.std(0).clamp_min(1e-6)
+
+
 def normalise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
     """The reference's feature normalisation: L2, then standardise with the training features' statistics."""
-    tr = F.normalize(train, dim=1)
-    mean, std = tr.mean(0), tr.std(0).clamp_min(1e-6)
-    return [(tr - mean) / std] + [(F.normalize(o, dim=1) - mean) / std for o in others]
+    mean, std = feature_stats(train)
+    return [(F.normalize(t, dim=1) - mean) / std for t in (train, *others)]
 
 
-def train_probe(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: ProbeConfig, seed: int) -> torch.nn.Linear:
-    g = torch.Generator().manual_seed(seed)
-    lin = torch.nn.Linear(x.shape[1], num_classes)
+def _probe_parts(dim: int, num_classes: int, cfg: ProbeConfig, g: torch.Generator):
+    lin = torch.nn.Linear(dim, num_classes)
     torch.nn.init.normal_(lin.weight, std=0.01, generator=g)
     torch.nn.init.zeros_(lin.bias)
     opt = torch.optim.SGD(lin.parameters(), lr=cfg.lr * cfg.batch_size / 256, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, cfg.milestones, 0.1)
+    return lin, opt, torch.optim.lr_scheduler.MultiStepLR(opt, cfg.milestones, 0.1)
+
+
+def _sgd_step(lin, opt, x, y) -> None:
+    loss = F.cross_entropy(lin(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+def train_probe(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: ProbeConfig, seed: int) -> torch.nn.Linear:
+    """The fast mode: the linear layer on cached (normalised) centre-crop features."""
+    g = torch.Generator().manual_seed(seed)
+    lin, opt, sched = _probe_parts(x.shape[1], num_classes, cfg, g)
     for _ in range(cfg.epochs):
         perm = torch.randperm(len(x), generator=g)
         for i in range(0, len(x), cfg.batch_size):
             b = perm[i:i + cfg.batch_size]
-            loss = F.cross_entropy(lin(x[b]), y[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            _sgd_step(lin, opt, x[b], y[b])
+        sched.step()
+    return lin.eval()
+
+
+def train_probe_augmented(net, folder: Path, subset: np.ndarray, stats: tuple[torch.Tensor, torch.Tensor],
+                          num_classes: int, cfg: EvalConfig, device) -> torch.nn.Linear:
+    """The reference's probe: every epoch, fresh RandomResizedCrop + flip views of the labelled images go
+    through the frozen backbone (eval mode, AMP) and the linear layer takes an SGD step on each batch."""
+    from fastbd.data.base import Recipe
+    from fastbd.data.torch_loader import TorchLoader
+
+    rrc = Recipe(scale_min=0.08, jitter_p=0.0, gray_p=0.0, blur_p=0.0)  # torchvision RRC defaults + flip
+    bs = min(cfg.probe.batch_size, len(subset))
+    loader = TorchLoader(folder, subset, [rrc], cfg.res, bs, min(cfg.workers, len(os.sched_getaffinity(0))),
+                         device, cfg.seed, drop_last=False)
+    g = torch.Generator().manual_seed(cfg.seed)
+    lin, opt, sched = _probe_parts(stats[0].numel(), num_classes, cfg.probe, g)
+    mean, std = stats
+    amp = _amp_dtype(cfg, device)
+    for epoch in range(cfg.probe.epochs):
+        loader.set_epoch(epoch)
+        for batch in loader:
+            with torch.no_grad(), (torch.autocast(device.type, dtype=amp) if amp
+                                   else torch.autocast(device.type, enabled=False)):
+                f = net(batch.views[0])
+            x = (F.normalize(f.float().cpu(), dim=1) - mean) / std
+            _sgd_step(lin, opt, x, batch.label.cpu())
         sched.step()
     return lin.eval()
 
@@ -226,13 +268,18 @@ def evaluate(cfg: EvalConfig, run: Optional[Path] = None, checkpoint: Optional[P
     xva, yva = extract(net, folder, "val", None, cfg, device)
     xvp, yvp = extract(net, folder, "val_poisoned", None, cfg, device)
     ntr, nva, nvp = normalise(xtr, xva, xvp)
-    probe = train_probe(ntr, ytr, len(classes), cfg.probe, cfg.seed)
+    if cfg.probe.kind == "augmented":
+        probe = train_probe_augmented(net, folder, subset, feature_stats(xtr), len(classes), cfg, device)
+    elif cfg.probe.kind == "cached":
+        probe = train_probe(ntr, ytr, len(classes), cfg.probe, cfg.seed)
+    else:
+        raise ValueError(f"probe.kind: {cfg.probe.kind!r} is not cached or augmented")
     with torch.no_grad():
         pva, pvp = probe(nva).argmax(1), probe(nvp).argmax(1)
     cm_clean = M.confusion_matrix(yva.numpy(), pva.numpy(), len(classes))
     cm_patched = M.confusion_matrix(yvp.numpy(), pvp.numpy(), len(classes))
     lf = cfg.probe.label_fraction
-    proto = f"linear_cached_lf{lf:g}_seed{cfg.seed}"
+    proto = f"linear_{cfg.probe.kind}_lf{lf:g}_seed{cfg.seed}"
     report = {"protocol": proto, "encoder": enc_meta, "data": str(folder.resolve()),
               "manifest_fingerprint": manifest["source"]["fingerprint"], "label_fraction": lf,
               "labelled_indices": len(subset),

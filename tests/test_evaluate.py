@@ -70,3 +70,15 @@ def test_end_to_end_eval_writes_the_report(tiny_build, tiny_run):
     assert 0 <= m["clean_top1"] <= 1 and "knn_k5_lf0.5_top1" in rep
     assert json.loads((out / "report.json").read_text()) == rep
     assert np.load(out / "conf_matrix_poisoned.npy").sum() == 12
+
+
+def test_augmented_probe_mode(tiny_build, tiny_run, tmp_path):
+    cfg = load_config(EvalConfig, None, [f"data={tiny_build}", f"out={tmp_path / 'ev'}", "res=32", "resize=36",
+                                         "workers=0", "probe.kind=augmented", "probe.label_fraction=0.5",
+                                         "probe.epochs=2", "knn_k=[1]"])
+    rep = evaluate(cfg, run=tiny_run, log=lambda s: None)
+    assert rep["protocol"] == "linear_augmented_lf0.5_seed0"
+    assert (tmp_path / "ev" / "report.json").is_file()
+    with pytest.raises(ValueError, match="probe.kind"):
+        evaluate(load_config(EvalConfig, None, [f"data={tiny_build}", f"out={tmp_path / 'x'}", "res=32",
+                                                "workers=0", "probe.kind=fancy"]), run=tiny_run, log=lambda s: None)
