@@ -57,7 +57,8 @@ class EvalConfig:
     res: int = 224  # px, centre-crop side fed to the encoder
     resize: int = 256  # px, shorter side before the centre crop (clean val and train)
     batch_size: int = 256  # feature extraction
-    workers: int = 4  # DataLoader processes
+    backend: str = "torch"  # feature extraction: torch (PIL, reads the tar shards) | ffcv (the .beton, CPU threads)
+    workers: int = 4  # DataLoader processes / FFCV threads
     device: str = "auto"
     amp: str = "auto"  # auto (bf16 on cuda) | bf16 | none
     seed: int = 0  # label-fraction draw and probe training
@@ -120,19 +121,48 @@ class _CentreCrops(torch.utils.data.Dataset):
         return self.tf(im), int(self.samples.label[j])
 
 
+def _torch_batches(folder: Path, split: str, indices: Optional[np.ndarray], cfg: EvalConfig, resize: int):
+    samples = TarSamples(folder, split)
+    idx = np.arange(len(samples)) if indices is None else np.asarray(indices)
+    workers = min(cfg.workers, len(os.sched_getaffinity(0)))  # never more processes than cores
+    yield from torch.utils.data.DataLoader(_CentreCrops(samples, idx, cfg.res, resize), batch_size=cfg.batch_size,
+                                           num_workers=workers)
+
+
+def _ffcv_batches(folder: Path, split: str, indices: Optional[np.ndarray], cfg: EvalConfig, resize: int):
+    """Stock FFCV: CenterCropRGBImageDecoder cuts the centre square of side res/resize x the short side and
+    resizes it to res, which is Resize(resize) + CenterCrop(res)."""
+    from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.reader import Reader
+    from ffcv.transforms import Squeeze, ToTensor, ToTorchImage
+
+    path = str(folder / f"{split}.beton")
+    pipes = {f: None for f in Reader(path).field_names}
+    pipes["image"] = [CenterCropRGBImageDecoder((cfg.res, cfg.res), cfg.res / resize), ToTensor(), ToTorchImage()]
+    pipes["label"] = [IntDecoder(), ToTensor(), Squeeze(1)]
+    loader = Loader(path, batch_size=cfg.batch_size, num_workers=min(cfg.workers, len(os.sched_getaffinity(0))),
+                    order=OrderOption.SEQUENTIAL, drop_last=False, indices=indices, pipelines=pipes)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
+    for x, y in loader:
+        yield (x.float() - mean) / std, y.clone()
+
+
 @torch.no_grad()
 def extract(net, folder: Path, split: str, indices: Optional[np.ndarray], cfg: EvalConfig, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(features (N, D) float32 on CPU, labels (N,)) for `indices` of `split` (None: all)."""
-    samples = TarSamples(folder, split)
-    idx = np.arange(len(samples)) if indices is None else np.asarray(indices)
     # val_poisoned is already resized and cropped at build time: only scale it to res.
     resize = cfg.res if split == "val_poisoned" else cfg.resize
-    ds = _CentreCrops(samples, idx, cfg.res, resize)
-    workers = min(cfg.workers, len(os.sched_getaffinity(0)))  # never more processes than cores
-    dl = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, num_workers=workers)
+    if cfg.backend == "ffcv":
+        batches = _ffcv_batches(folder, split, indices, cfg, resize)
+    elif cfg.backend == "torch":
+        batches = _torch_batches(folder, split, indices, cfg, resize)
+    else:
+        raise ValueError(f"backend: {cfg.backend!r} is not torch or ffcv")
     amp = _amp_dtype(cfg, device)
     feats, labels = [], []
-    for x, y in dl:
+    for x, y in batches:
         x = x.to(device).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp) if amp else torch.autocast(device.type, enabled=False):
             f = net(x)

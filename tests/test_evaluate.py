@@ -82,3 +82,21 @@ def test_augmented_probe_mode(tiny_build, tiny_run, tmp_path):
     with pytest.raises(ValueError, match="probe.kind"):
         evaluate(load_config(EvalConfig, None, [f"data={tiny_build}", f"out={tmp_path / 'x'}", "res=32",
                                                 "workers=0", "probe.kind=fancy"]), run=tiny_run, log=lambda s: None)
+
+
+@pytest.mark.ffcv
+def test_ffcv_feature_extraction_matches_the_torch_path(tiny_build, tiny_run):
+    pytest.importorskip("ffcv")
+    from fastbd.evaluate import extract
+
+    net, _ = load_encoder(tiny_run, None, ModelConfig())
+    feats = {}
+    for backend in ("torch", "ffcv"):
+        cfg = load_config(EvalConfig, None, [f"data={tiny_build}", "res=32", "resize=36", "workers=1",
+                                             f"backend={backend}"])
+        feats[backend] = extract(net, tiny_build, "val", None, cfg, torch.device("cpu"))
+    (ft, yt), (ff, yf) = feats["torch"], feats["ffcv"]
+    assert torch.equal(yt, yf) and ft.shape == ff.shape
+    # same crops through two decoders and two resize filters: features nearly parallel
+    cos = torch.nn.functional.cosine_similarity(ft, ff, dim=1)
+    assert cos.min() > 0.9, cos
