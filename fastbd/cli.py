@@ -107,6 +107,44 @@ def train_cmd(
     typer.echo(f"run folder: {out}")
 
 
+# CompRess as the paper's defense runs it (Saha et al. 2022, Sec. 5; CompRess's ImageNet settings).
+DISTILL_DEFAULTS = ["epochs=130", "method.name=compress", "data.clean_fraction=0.25", "data.batch_size=256",
+                    "optim.name=sgd", "optim.lr=0.01", "optim.momentum=0.9", "optim.weight_decay=1e-4",
+                    "optim.schedule=step", "optim.milestones=[90,120]", "optim.gamma=0.2"]
+SHORTCUTS = {"data": "data.path", "clean_fraction": "data.clean_fraction"}
+
+
+@app.command("distill")
+def distill_cmd(
+    teacher: Path = typer.Option(..., "--teacher", help="run folder of the (possibly backdoored) encoder"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML overrides of the CompRess defaults"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="data=DIR clean_fraction=0.25 out=RUN, key=value"),
+) -> None:
+    """Distil a teacher into a fresh student on a small clean subset (the paper's defense)."""
+    import json
+
+    from fastbd.config import ConfigError, load_config
+    from fastbd.train import TrainConfig, TrainingDiverged, train
+
+    try:
+        meta_path = teacher / "encoder.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"--teacher: {meta_path} not found; is {teacher} a finished `fastbd train` run?")
+        meta = json.loads(meta_path.read_text())
+        # The student gets the teacher's architecture and stem unless told otherwise.
+        student = [f"model.arch={meta['arch']}", f"model.small_input={str(meta.get('small_input', False)).lower()}",
+                   f"method.compress.teacher={teacher}", f"out={teacher}_distilled"]
+        items = [f"{SHORTCUTS.get(k, k)}={v}" for k, _, v in (o.partition("=") for o in (overrides or []))]
+        cfg = load_config(TrainConfig, config, items, defaults=[*DISTILL_DEFAULTS, *student])
+        if cfg.data.path == "???":
+            raise ConfigError("data: required (the `fastbd build-beton` folder the teacher was attacked with)")
+        out = train(cfg)
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, KeyError, ImportError,
+            TrainingDiverged) as e:
+        _fail(e)
+    typer.echo(f"student run folder: {out}  (evaluate it with `fastbd eval --run {out} data=...`)")
+
+
 @app.command("eval")
 def eval_cmd(
     run: Optional[Path] = typer.Option(None, "--run", help="a fastbd train run folder"),

@@ -21,11 +21,15 @@ class ConfigError(ValueError):
     """A config file or override is invalid; the message names the file and the field."""
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
-    """Merge `path` (YAML, overrides only) and `overrides` (`a.b=value`) onto `cls()`; strict."""
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = (),
+                defaults: Sequence[str] = ()) -> T:
+    """Merge `defaults` (`a.b=value`, e.g. a command's own presets), then `path` (YAML, overrides only),
+    then `overrides` onto `cls()`; strict."""
     base = OmegaConf.structured(cls)
     where = "defaults"
     try:
+        if defaults:
+            base = OmegaConf.merge(base, OmegaConf.from_dotlist(list(defaults)))
         if path is not None:
             where = str(path)
             if not Path(path).is_file():

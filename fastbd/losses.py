@@ -97,3 +97,17 @@ def msf_loss(q: torch.Tensor, target: torch.Tensor, bank: torch.Tensor, topk: in
     k = min(topk, sim_t.shape[1])
     nn_idx = sim_t.topk(k, dim=1).indices
     return (2 - 2 * sim_q.gather(1, nn_idx)).mean()
+
+
+@_fp32
+def compress_loss(t: torch.Tensor, s: torch.Tensor, bank_t: torch.Tensor, bank_s: torch.Tensor,
+                  temperature: float) -> torch.Tensor:
+    """CompRess (Abbasi Koohpayegani et al., NeurIPS 2020, Eq. 2-3): KL(p_t || p_s) between the teacher's and
+    the student's softmax similarity distributions over their own anchor banks.
+
+    t (N, Dt) and s (N, Ds): L2-normalised teacher and student embeddings of the same images;
+    bank_t (K, Dt) and bank_s (K, Ds): normalised anchors, row i of both from the same image.
+    """
+    log_pt = F.log_softmax(t @ bank_t.T / temperature, dim=1)
+    log_ps = F.log_softmax(s @ bank_s.T / temperature, dim=1)
+    return F.kl_div(log_ps, log_pt, log_target=True, reduction="batchmean")

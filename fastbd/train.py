@@ -153,6 +153,9 @@ class Trainer:
             atomic_write_bytes(self.out / "config.yaml", to_yaml(self.cfg).encode())
             meta = run_meta(self.cfg.data.path, self.info.world)
             atomic_write_bytes(self.out / "meta.json", (json.dumps(meta, indent=1) + "\n").encode())
+            if self.cfg.data.clean_fraction is not None:  # the distillation subset, for provenance
+                import numpy as np
+                np.save(self.out / "clean_subset.npy", self.loader.sample_indices)
 
     def _save(self) -> None:
         if not self.info.main:

@@ -18,7 +18,7 @@ def make_loader(cfg: DataConfig, views: list[str] | tuple[str, ...], *, device: 
         raise ValueError(f"data.backend: {cfg.backend!r} is not one of {BACKENDS}")
     if cfg.batch_size % world:
         raise ValueError(f"data.batch_size: {cfg.batch_size} does not split evenly over {world} ranks")
-    _, indices = dataset_indices(cfg.path, cfg.rate, cfg.verify_files)
+    _, indices = dataset_indices(cfg.path, cfg.rate, cfg.verify_files, cfg.clean_fraction, seed)
     recipes = resolve_recipes(list(views), cfg.recipes)
     args = dict(folder=cfg.path, indices=indices, recipes=recipes, res=cfg.res, batch=cfg.batch_size // world,
                 workers=cfg.workers, device=device, seed=seed, rank=rank, world=world,
@@ -31,4 +31,5 @@ def make_loader(cfg: DataConfig, views: list[str] | tuple[str, ...], *, device: 
         from .dali_loader import DaliLoader as cls
     loader = cls(**args)
     loader.num_samples = len(indices)  # the training set's size (all ranks), for queues and banks
+    loader.sample_indices = indices  # the exact training set, recorded by the trainer when it is a subset
     return loader

@@ -71,14 +71,31 @@ def _walk(path: str):
             yield info.name, off, info.size, data
 
 
-def dataset_indices(folder: str | Path, rate: float | None, check: bool = True) -> tuple[dict, np.ndarray]:
-    """The manifest and the training index list for `rate` (None: the largest rate built)."""
+def clean_subset(manifest: dict, fraction: float, seed: int) -> np.ndarray:
+    """A seeded `fraction` of the clean training images (indices into train.beton), leaving out every image
+    that was poisoned at any rate: the distillation defense's small clean set (Saha et al. 2022, Sec. 5)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"data.clean_fraction: {fraction} is outside (0, 1]")
+    n = manifest["counts"]["train_clean"]
+    banned = np.zeros(n, bool)
+    banned[[p["clean_index"] for p in manifest["poisoned"]]] = True
+    pool = np.flatnonzero(~banned)
+    k = max(1, int(round(fraction * n)))
+    return np.sort(np.random.default_rng([seed, 0xC1EA]).permutation(pool)[:k])
+
+
+def dataset_indices(folder: str | Path, rate: float | None, check: bool = True,
+                    clean_fraction: float | None = None, seed: int = 0) -> tuple[dict, np.ndarray]:
+    """The manifest and the training index list: a poison `rate`'s (None: the largest built), or, with
+    `clean_fraction`, the distillation clean subset."""
     m = load_manifest(folder)
     if check:
         bad = verify_files(folder, m)
         if bad:
             raise ValueError(f"{folder}: files differ from manifest.json (sha256): {bad}; rebuild, or set "
                              "data.verify_files=false to train anyway")
+    if clean_fraction is not None:
+        return m, clean_subset(m, clean_fraction, seed)
     if rate is None:
         rate = max((e["rate"] for e in m["rates"]), default=0) or None
     return m, train_indices(m, rate)

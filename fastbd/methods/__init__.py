@@ -6,6 +6,7 @@ from torch import nn
 
 from .base import Method, MethodConfig
 from .byol import BYOL
+from .compress import CompRess
 from .jigsaw import Jigsaw
 from .moco import MoCo
 from .msf import MSF
@@ -19,6 +20,7 @@ METHODS: dict[str, type[Method]] = {
     "simclr": SimCLR,
     "jigsaw": Jigsaw,
     "rotnet": RotNet,
+    "compress": CompRess,  # the distillation defense (fastbd distill)
 }
 
 

@@ -67,14 +67,25 @@ class RotnetConfig:
 
 
 @dataclass
+class CompressConfig:
+    teacher: str = ""  # run folder of the (possibly backdoored) encoder to distil
+    dim: int = 128  # student embedding
+    hidden: int = 512  # student MLP head hidden width
+    bank: int = 128000  # anchors per bank; capped to the clean subset's size
+    momentum: float = 0.999  # the momentum student that fills the student-space bank
+    temperature: float = 0.04  # both softmaxes (CompRess)
+
+
+@dataclass
 class MethodConfig:
-    name: str = "moco"  # moco | byol | msf | simclr | jigsaw | rotnet
+    name: str = "moco"  # moco | byol | msf | simclr | jigsaw | rotnet | compress (distillation)
     moco: MocoConfig = field(default_factory=MocoConfig)
     byol: ByolConfig = field(default_factory=ByolConfig)
     msf: MsfConfig = field(default_factory=MsfConfig)
     simclr: SimclrConfig = field(default_factory=SimclrConfig)
     jigsaw: JigsawConfig = field(default_factory=JigsawConfig)
     rotnet: RotnetConfig = field(default_factory=RotnetConfig)
+    compress: CompressConfig = field(default_factory=CompressConfig)
 
 
 class Method(nn.Module):

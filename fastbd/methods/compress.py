@@ -1,0 +1,76 @@
+"""CompRess distillation (Abbasi Koohpayegani et al., NeurIPS 2020), the paper's defense (Saha et al. 2022,
+Sec. 5): a fresh student learns to reproduce a frozen teacher's similarity structure on a small clean
+subset, and so keeps the teacher's clean features but not its backdoor.
+
+Teacher: the frozen encoder of a `fastbd train` run (`method.compress.teacher`), in eval mode.
+Student: a new backbone + MLP head. Anchors: two aligned FIFO banks, teacher-space (teacher features)
+and student-space (a momentum copy of the student, 0.999), of the same images (CompRess-2q). Loss:
+KL between the softmax similarity distributions over the banks, temperature 0.04. One view (crop + flip).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..dist import all_gather_cat
+from ..losses import compress_loss
+from ..models import ema_update
+from .base import Method, MethodConfig
+from .moco import fifo_enqueue, frozen_copy
+
+
+def load_teacher(run: str) -> nn.Module:
+    from ..evaluate import load_encoder
+    from ..models import ModelConfig
+
+    if not run:
+        raise ValueError("method.compress.teacher: required (the run folder of the encoder to distil)")
+    net, _ = load_encoder(Path(run), None, ModelConfig())
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net.eval()
+
+
+class CompRess(Method):
+    VIEWS = ("weak",)
+
+    def __init__(self, encoder: nn.Module, feat_dim: int, cfg: MethodConfig, num_samples: int):
+        super().__init__(encoder, feat_dim, cfg, num_samples)
+        c = cfg.compress
+        self.teacher = load_teacher(c.teacher)
+        t_dim = self.teacher(torch.zeros(2, 3, 32, 32)).shape[1]
+        self.head = nn.Sequential(nn.Linear(feat_dim, c.hidden), nn.ReLU(inplace=True), nn.Linear(c.hidden, c.dim))
+        self.encoder_m = frozen_copy(encoder)
+        self.head_m = frozen_copy(self.head)
+        k = max(1, min(c.bank, num_samples))  # capped to the clean subset's size
+        self.register_buffer("bank_t", F.normalize(torch.randn(k, t_dim), dim=1))
+        self.register_buffer("bank_s", F.normalize(torch.randn(k, c.dim), dim=1))
+        self.register_buffer("bank_ptr", torch.zeros((), dtype=torch.long))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # frozen: BN statistics of the teacher never move
+        return self
+
+    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        x = views[0]
+        s = F.normalize(self.head(self.encoder(x)), dim=1)
+        with torch.no_grad():
+            t = F.normalize(self.teacher(x).float(), dim=1)
+            m = F.normalize(self.head_m(self.encoder_m(x)), dim=1)
+        loss = compress_loss(t, s, self.bank_t.clone(), self.bank_s.clone(), self.cfg.compress.temperature)
+        t_all, m_all = all_gather_cat(t), all_gather_cat(m)
+        ptr = self.bank_ptr.clone()
+        fifo_enqueue(self.bank_t, ptr, t_all)
+        fifo_enqueue(self.bank_s, self.bank_ptr, m_all)
+        return loss, {"loss": loss.item()}
+
+    @torch.no_grad()
+    def after_step(self, progress: float) -> None:
+        m = self.cfg.compress.momentum
+        ema_update(self.encoder_m, self.encoder, m)
+        ema_update(self.head_m, self.head, m)
