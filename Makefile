@@ -8,12 +8,14 @@ setup:
 demo: setup
 	.venv/bin/fastbd build-beton --config configs/poison/demo.yaml --out out/demo --force
 	.venv/bin/fastbd inspect out/demo
-	rm -rf runs/demo_poisoned runs/demo_clean
+	rm -rf runs/demo_poisoned runs/demo_clean runs/demo_distilled
 	.venv/bin/fastbd train --config configs/ssl/demo_cpu.yaml data.path=out/demo out=runs/demo_poisoned
 	.venv/bin/fastbd train --config configs/ssl/demo_cpu.yaml data.path=out/demo data.rate=0 out=runs/demo_clean
 	.venv/bin/fastbd eval --run runs/demo_poisoned data=out/demo res=64 resize=73 probe.label_fraction=0.1
 	.venv/bin/fastbd eval --run runs/demo_clean data=out/demo res=64 resize=73 probe.label_fraction=0.1
-	.venv/bin/fastbd compare runs/demo_clean runs/demo_poisoned
+	.venv/bin/fastbd distill --teacher runs/demo_poisoned --config configs/distill/demo_cpu.yaml data=out/demo out=runs/demo_distilled
+	.venv/bin/fastbd eval --run runs/demo_distilled data=out/demo res=64 resize=73 probe.label_fraction=0.1
+	.venv/bin/fastbd compare runs/demo_clean runs/demo_poisoned runs/demo_distilled
 
 test: setup
 	$(PY) -m pytest -q
