@@ -121,7 +121,7 @@ def test_losses_run_in_fp32_under_autocast():
 # ---- methods -----------------------------------------------------------------------------------------
 
 def test_registry_and_views():
-    assert set(METHODS) == {"moco", "byol", "msf", "simclr", "jigsaw", "rotnet"}
+    assert set(METHODS) == {"moco", "byol", "msf", "simclr", "jigsaw", "rotnet", "compress"}
     for cls in METHODS.values():
         assert cls.VIEWS and all(v in RECIPES for v in cls.VIEWS)
     enc, feat = make_backbone(ModelConfig(arch="resnet18", small_input=True))
