@@ -38,7 +38,7 @@ import torch
 
 from .base import Batch, Recipe
 from .gpu_aug import augment, step_generator
-from .samples import TarSamples, _walk, epoch_order
+from .samples import EpochOrdered, TarSamples, _walk
 
 DALI_INSTALL = "pip install nvidia-dali-cuda130==2.4.0"
 
@@ -61,7 +61,7 @@ def derived_seed(*key: int) -> int:
     return int(np.random.SeedSequence(words).generate_state(1)[0] & 0x7FFFFFFF)
 
 
-class DaliLoader:
+class DaliLoader(EpochOrdered):
     def __init__(self, folder, indices: np.ndarray, recipes: list[Recipe], res: int, batch: int, workers: int,
                  device: torch.device, seed: int, rank: int = 0, world: int = 1, drop_last: bool = True,
                  shuffle: bool = True):
@@ -75,24 +75,8 @@ class DaliLoader:
             raise ValueError("dali backend: at least one view recipe is needed")
         self.samples = TarSamples(folder, "train")
         self.shapes = _raw_shapes(self.samples) if self.samples.raw else None
-        self.indices = np.asarray(indices, np.int64)
-        self.recipes, self.res, self.batch, self.workers, self.device = list(recipes), int(res), int(batch), \
-            int(workers), device
-        self.seed, self.rank, self.world, self.drop_last, self.shuffle = seed, rank, world, drop_last, shuffle
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _order(self) -> np.ndarray:
-        return epoch_order(self.indices, self.seed, self.epoch, self.rank, self.world, self.batch,
-                           self.drop_last, self.shuffle)
-
-    def _num_batches(self, n: int) -> int:
-        return n // self.batch if self.drop_last else -(-n // self.batch)
-
-    def __len__(self) -> int:
-        return self._num_batches(len(self._order()))
+        self.recipes, self.res, self.workers, self.device = list(recipes), int(res), int(workers), device
+        self._init_order(indices, batch, seed, rank, world, drop_last, shuffle)
 
     def _source(self, order: np.ndarray, steps: int):
         """The epoch's batches, as external_source wants them: (encoded arrays, labels, indices)."""

@@ -109,3 +109,26 @@ def epoch_order(indices: np.ndarray, seed: int, epoch: int, rank: int, world: in
     gbatch = batch * world
     n = (len(order) // gbatch) * gbatch if drop_last else len(order)
     return order[:n][rank::world]
+
+
+class EpochOrdered:
+    """Shared by the torch and dali backends: the per-rank, per-epoch sample order and the batch count."""
+
+    def _init_order(self, indices, batch: int, seed: int, rank: int, world: int, drop_last: bool,
+                    shuffle: bool) -> None:
+        self.indices = np.asarray(indices, np.int64)
+        self.batch, self.seed, self.rank, self.world = int(batch), seed, rank, world
+        self.drop_last, self.shuffle, self.epoch = drop_last, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _order(self) -> np.ndarray:
+        return epoch_order(self.indices, self.seed, self.epoch, self.rank, self.world, self.batch,
+                           self.drop_last, self.shuffle)
+
+    def _num_batches(self, n: int) -> int:
+        return n // self.batch if self.drop_last else -(-n // self.batch)
+
+    def __len__(self) -> int:
+        return self._num_batches(len(self._order()))

@@ -15,7 +15,7 @@ from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms as T
 
 from .base import IMAGENET_MEAN, IMAGENET_STD, Batch, Recipe
-from .samples import TarSamples, epoch_order
+from .samples import EpochOrdered, TarSamples
 
 
 class _Blur:
@@ -59,7 +59,7 @@ class _Views(torch.utils.data.Dataset):
         return [t(im) for t in self.tf], int(self.samples.label[i]), i
 
 
-class TorchLoader:
+class TorchLoader(EpochOrdered):
     def __init__(self, folder, indices: np.ndarray, recipes: list[Recipe], res: int, batch: int, workers: int,
                  device: torch.device, seed: int, rank: int = 0, world: int = 1, drop_last: bool = True,
                  shuffle: bool = True):
@@ -67,20 +67,8 @@ class TorchLoader:
         if self.samples.raw:
             raise ValueError(f"{folder}: raw-mode builds are read by the ffcv and dali backends only")
         self.ds = _Views(self.samples, recipes, res)
-        self.indices, self.batch, self.workers, self.device = indices, batch, workers, device
-        self.seed, self.rank, self.world, self.drop_last, self.shuffle = seed, rank, world, drop_last, shuffle
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _order(self) -> np.ndarray:
-        return epoch_order(self.indices, self.seed, self.epoch, self.rank, self.world, self.batch,
-                           self.drop_last, self.shuffle)
-
-    def __len__(self) -> int:
-        n = len(self._order())
-        return n // self.batch if self.drop_last else -(-n // self.batch)
+        self.workers, self.device = workers, device
+        self._init_order(indices, batch, seed, rank, world, drop_last, shuffle)
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)  # seeds the workers' RNGs
