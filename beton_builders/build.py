@@ -220,7 +220,8 @@ def _build_into(spec: PoisonSpec, folder: Path, log) -> tuple[dict, dict]:
                     "sha256": trig_hash},
         "storage": {**to_dict(spec.storage), "resize_filter": RESIZE_FILTER.name.lower(),
                     "resize_rule": "longest side <= max_resolution, ffcv truncation",
-                    "jpeg": "baseline, 4:2:0, Pillow/libjpeg-turbo",
+                    "jpeg": f"baseline, {spec.storage.chroma[0]}:{spec.storage.chroma[1]}:{spec.storage.chroma[2]}, "
+                            "Pillow/libjpeg-turbo",
                     "val_transform": "Resize(val_resize, bilinear) + CenterCrop(val_crop), then trigger"},
         "counts": {"train_clean": n_clean, "train_poisoned": len(poisoned), "train_total": len(train.sizes),
                    "val": len(val["val"].sizes), "val_poisoned": len(vp["label"]),

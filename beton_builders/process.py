@@ -117,7 +117,7 @@ def _process(task: Task, data: bytes, spec: PoisonSpec, res: Result) -> None:
         sx, sy = rgb.width / pre_w, rgb.height / pre_h
         x, y, tw, th = res.box_src
         res.box = (round(x * sx), round(y * sy), max(1, round(tw * sx)), max(1, round(th * sy)))
-    res.payload = _encode(rgb, st.write_mode, st.jpeg_quality)
+    res.payload = _encode(rgb, st.write_mode, st.jpeg_quality, st.chroma)
 
 
 def _can_pass_through(im: Image.Image, spec: PoisonSpec) -> bool:
@@ -152,10 +152,12 @@ def _val_transform(im: Image.Image, resize: int, crop: int) -> Image.Image:
     return im.crop((left, top, left + crop, top + crop))
 
 
-def _encode(im: Image.Image, write_mode: str, quality: int) -> bytes:
+def _encode(im: Image.Image, write_mode: str, quality: int, chroma: str = "420") -> bytes:
     if write_mode == "raw":
         return np.asarray(im, dtype=np.uint8).tobytes()
     buf = io.BytesIO()
-    # Baseline, 4:2:0, no optimisation pass: what nvJPEG's hardware path and DALI's mixed decoder accept.
-    im.save(buf, format="JPEG", quality=quality, subsampling=2, progressive=False, optimize=False)
+    # Baseline, no optimisation pass: what nvJPEG's hardware path and DALI's mixed decoder accept. 4:2:0
+    # halves the chroma resolution, which visibly smears a small colour trigger; 4:4:4 keeps it.
+    im.save(buf, format="JPEG", quality=quality, subsampling={"420": 2, "444": 0}[chroma], progressive=False,
+            optimize=False)
     return buf.getvalue()

@@ -72,7 +72,8 @@ class AttackSpec:
 class StorageSpec:
     max_resolution: int = 512  # px, longest stored side; larger images are downscaled (area) after the paste
     write_mode: str = "jpg"  # jpg | raw (uncompressed RGB; exact pixels, ~10x larger)
-    jpeg_quality: int = 90  # for every image fastbd encodes (baseline JPEG, 4:2:0)
+    jpeg_quality: int = 90  # for every image fastbd encodes (baseline JPEG)
+    chroma: str = "420"  # JPEG chroma subsampling: 420 (as most camera JPEGs) | 444 (keeps small colour triggers sharp)
     reencode: str = "always"  # always | if_needed (copy clean baseline-RGB JPEGs already small enough byte-for-byte)
     val_resize: int = 256  # px, shorter side before the centre crop of val_poisoned (reference: 256)
     val_crop: int = 224  # px, centre crop of val_poisoned (reference: 224)
@@ -143,6 +144,7 @@ def validate(spec: PoisonSpec) -> PoisonSpec:
                "target_fraction has no meaning for an untargeted attack; use dataset_fraction or count")
     _check(st.write_mode in ("jpg", "raw"), "storage.write_mode", f"{st.write_mode!r} is not jpg or raw")
     _check(1 <= st.jpeg_quality <= 100, "storage.jpeg_quality", f"{st.jpeg_quality} is outside [1, 100]")
+    _check(st.chroma in ("420", "444"), "storage.chroma", f"{st.chroma!r} is not 420 or 444")
     _check(st.reencode in ("always", "if_needed"), "storage.reencode", f"{st.reencode!r} is not always or if_needed")
     _check(st.max_resolution >= 16, "storage.max_resolution", "must be >= 16 px")
     _check(st.val_crop >= 16 and st.val_resize >= st.val_crop, "storage.val_resize", "need val_resize >= val_crop >= 16")

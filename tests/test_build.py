@@ -61,6 +61,22 @@ def test_poisoned_pixels_carry_the_trigger(tiny_build):
         assert np.abs(img - clean)[outside].mean() < 6  # the rest of the image is the same picture
 
 
+def test_444_chroma_keeps_the_trigger_sharper(tiny_build, tmp_path):
+    m444 = build(tiny_spec("storage.chroma=444"), tmp_path / "c444", log=quiet)
+    trig = make_trigger(tiny_spec().trigger).rgb.astype(float)
+
+    def err(folder, m):
+        out = []
+        for p in m["poisoned"]:
+            img = to_array(read_tar_sample(folder, "train", p["index"], 20)).astype(float)
+            x, y, w, h = p["box"]
+            out.append(np.abs(img[y:y + h, x:x + w] - trig).mean())
+        return np.mean(out)
+
+    assert m444["storage"]["jpeg"].startswith("baseline, 4:4:4")
+    assert err(tmp_path / "c444", m444) < 0.7 * err(tiny_build, load_manifest(tiny_build))
+
+
 def test_raw_mode_is_exact(tiny_raw_build):
     m = load_manifest(tiny_raw_build)
     trig = make_trigger(tiny_spec().trigger).rgb
