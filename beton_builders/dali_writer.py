@@ -13,11 +13,37 @@ Tars are plain USTAR with zeroed mtime/uid/gid, written in index order, so they 
 
 from __future__ import annotations
 
+import os
 import struct
 import tarfile
 from pathlib import Path
 
 import numpy as np
+
+
+class ShardFiles:
+    """Random reads of byte ranges from a list of shard files, one open handle per shard and process,
+    opened lazily: a forked or pickled DataLoader worker opens its own instead of sharing a file offset."""
+
+    def __init__(self, paths: list[str]):
+        self.paths, self._files, self._pid = list(paths), {}, os.getpid()
+
+    def read(self, shard: int, offset: int, size: int) -> bytes:
+        if self._pid != os.getpid():  # inherited through fork: the parent's handles share its seek position
+            self._files, self._pid = {}, os.getpid()
+        f = self._files.get(shard)
+        if f is None:
+            f = self._files[shard] = open(self.paths[shard], "rb")
+        f.seek(offset)
+        return f.read(size)
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files = {}
+
+    def __getstate__(self):
+        return {"paths": self.paths, "_files": {}, "_pid": -1}
 
 
 class ShardWriter:
@@ -30,7 +56,7 @@ class ShardWriter:
         self.tar: tarfile.TarFile | None = None
         self.shards: list[str] = []
         self.locations: list[tuple[int, int, int]] = []  # (shard, byte offset of payload, size)
-        self._readers: dict[int, object] = {}
+        self._files: ShardFiles | None = None  # read side, opened once writing is done
 
     def _member(self, name: str, data: bytes) -> int:
         # What TarFile.addfile writes, minus its per-member copy and file-object plumbing (a third of
@@ -73,16 +99,11 @@ class ShardWriter:
 
     def read(self, i: int) -> np.ndarray:
         """The payload bytes of sample i, read back from its shard (used to fill the .beton)."""
-        shard, off, size = self.locations[i]
-        if shard not in self._readers:  # one open handle per shard, not one open() per sample
-            for f in self._readers.values():
-                f.close()
-            self._readers = {shard: open(self.folder / self.shards[shard], "rb")}
-        f = self._readers[shard]
-        f.seek(off)
-        return np.frombuffer(f.read(size), np.uint8)
+        if self._files is None:
+            self._files = ShardFiles([str(self.folder / s) for s in self.shards])
+        return np.frombuffer(self._files.read(*self.locations[i]), np.uint8)
 
     def close_readers(self) -> None:
-        for f in self._readers.values():
-            f.close()
-        self._readers = {}
+        if self._files is not None:
+            self._files.close()
+            self._files = None

@@ -34,6 +34,7 @@ from fastbd.data.base import IMAGENET_MEAN, IMAGENET_STD
 from fastbd.data.samples import TarSamples
 from fastbd.models import ModelConfig, make_backbone
 from fastbd.runs import load_checkpoint, load_encoder_state
+from fastbd.train import amp_mode, autocast
 
 PREFIXES = ("module.", "encoder_q.", "encoder.", "backbone.", "base_encoder.")
 
@@ -60,7 +61,7 @@ class EvalConfig:
     backend: str = "torch"  # feature extraction: torch (PIL, reads the tar shards) | ffcv (the .beton, CPU threads)
     workers: int = 4  # DataLoader processes / FFCV threads
     device: str = "auto"
-    amp: str = "auto"  # auto (bf16 on cuda) | bf16 | none
+    amp: str = "auto"  # auto (bf16 on cuda) | bf16 | fp16 | none
     seed: int = 0  # label-fraction draw and probe training
     knn_k: list[int] = field(default_factory=lambda: [1, 50])
     probe: ProbeConfig = field(default_factory=ProbeConfig)
@@ -160,20 +161,15 @@ def extract(net, folder: Path, split: str, indices: Optional[np.ndarray], cfg: E
         batches = _torch_batches(folder, split, indices, cfg, resize)
     else:
         raise ValueError(f"backend: {cfg.backend!r} is not torch or ffcv")
-    amp = _amp_dtype(cfg, device)
+    amp = amp_mode(cfg.amp, device)[0]
     feats, labels = [], []
     for x, y in batches:
         x = x.to(device).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp) if amp else torch.autocast(device.type, enabled=False):
+        with autocast(device, amp):
             f = net(x)
         feats.append(f.float().cpu())
         labels.append(y)
     return torch.cat(feats), torch.cat(labels)
-
-
-def _amp_dtype(cfg: EvalConfig, device) -> Optional[torch.dtype]:
-    mode = cfg.amp if cfg.amp != "auto" else ("bf16" if device.type == "cuda" else "none")
-    return torch.bfloat16 if mode == "bf16" else None
 
 
 def labelled_subset(manifest: dict, labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -246,12 +242,11 @@ def train_probe_augmented(net, folder: Path, subset: np.ndarray, stats: tuple[to
     g = torch.Generator().manual_seed(cfg.seed)
     lin, opt, sched = _probe_parts(stats[0].numel(), num_classes, cfg.probe, g)
     mean, std = stats
-    amp = _amp_dtype(cfg, device)
+    amp = amp_mode(cfg.amp, device)[0]
     for epoch in range(cfg.probe.epochs):
         loader.set_epoch(epoch)
         for batch in loader:
-            with torch.no_grad(), (torch.autocast(device.type, dtype=amp) if amp
-                                   else torch.autocast(device.type, enabled=False)):
+            with torch.no_grad(), autocast(device, amp):
                 f = net(batch.views[0])
             x = (F.normalize(f.float().cpu(), dim=1) - mean) / std
             _sgd_step(lin, opt, x, batch.label.cpu())

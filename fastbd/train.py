@@ -64,11 +64,17 @@ def _device(cfg: TrainConfig, info: DistInfo) -> torch.device:
     return torch.device(cfg.device)
 
 
-def _amp(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    mode = cfg.amp if cfg.amp != "auto" else ("bf16" if device.type == "cuda" else "none")
+def amp_mode(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, whether a grad scaler is needed) for the `amp` setting."""
+    mode = amp if amp != "auto" else ("bf16" if device.type == "cuda" else "none")
     if mode not in ("bf16", "fp16", "none"):
-        raise ValueError(f"amp: {cfg.amp!r} is not one of auto, bf16, fp16, none")
+        raise ValueError(f"amp: {amp!r} is not one of auto, bf16, fp16, none")
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[mode], mode == "fp16"
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """torch.autocast at `dtype`, or a no-op context when AMP is off."""
+    return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
 
 
 def seed_everything(seed: int) -> None:
@@ -120,7 +126,7 @@ class Trainer:
             self.model = torch.compile(self.model)
         self.base_lr = cfg.optim.lr * cfg.data.batch_size / 256
         self.opt = make_optimizer(cfg.optim, self.method, self.base_lr)
-        self.amp_dtype, fp16 = _amp(cfg, self.device)
+        self.amp_dtype, fp16 = amp_mode(cfg.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.steps_per_epoch = len(self.loader)
         if self.steps_per_epoch == 0:
@@ -177,8 +183,7 @@ class Trainer:
         lr = lr_at(self.cfg.optim, self.base_lr, self.step, self.steps_per_epoch, self.total_steps)
         for g in self.opt.param_groups:
             g["lr"] = lr
-        ctx = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext())
-        with ctx:
+        with autocast(self.device, self.amp_dtype):
             loss, logs = self.model(views)
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"loss is {loss.item()} at epoch {self.epoch}, step {self.step}; the last good "

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from beton_builders.dali_writer import ShardFiles
 from beton_builders.manifest import load_manifest, train_indices, verify_files
 
 
@@ -38,23 +39,13 @@ class TarSamples:
         self.size = np.asarray(sizes, np.int64)
         self.shard = np.asarray(shard_of, np.int64)
         self.label = np.asarray(labels, np.int64)
-        self._files: dict[int, object] = {}
+        self._files = ShardFiles(self.shards)
 
     def __len__(self) -> int:
         return len(self.offset)
 
     def read(self, i: int) -> bytes:
-        k = int(self.shard[i])
-        f = self._files.get(k)
-        if f is None:  # opened lazily, per process (DataLoader workers fork after __init__)
-            f = self._files[k] = open(self.shards[k], "rb")
-        f.seek(int(self.offset[i]))
-        return f.read(int(self.size[i]))
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_files"] = {}
-        return state
+        return self._files.read(int(self.shard[i]), int(self.offset[i]), int(self.size[i]))
 
 
 def _walk(path: str):

@@ -25,17 +25,22 @@ def cosine_tau(tau_base: float, progress: float) -> float:
     return 1 - (1 - tau_base) * (math.cos(math.pi * progress) + 1) / 2
 
 
+def add_byol_heads(m: Method, feat_dim: int, hidden: int, dim: int) -> None:
+    """Online projector + predictor (Linear-BN-ReLU-Linear, BYOL Sec. 3.3) and the momentum target
+    (a frozen copy of encoder + projector); MSF uses the same architecture."""
+    m.projector = mlp(feat_dim, hidden, dim)
+    m.predictor = mlp(dim, hidden, dim)
+    m.encoder_t = frozen_copy(m.encoder)
+    m.projector_t = frozen_copy(m.projector)
+
+
 class BYOL(Method):
     VIEWS = ("byol", "byol")
 
     def __init__(self, encoder: nn.Module, feat_dim: int, cfg: MethodConfig, num_samples: int):
         super().__init__(encoder, feat_dim, cfg, num_samples)
         c = cfg.byol
-        # Linear-BN-ReLU-Linear for both, as in the paper (Sec. 3.3).
-        self.projector = mlp(feat_dim, c.hidden, c.dim)
-        self.predictor = mlp(c.dim, c.hidden, c.dim)
-        self.encoder_t = frozen_copy(encoder)
-        self.projector_t = frozen_copy(self.projector)
+        add_byol_heads(self, feat_dim, c.hidden, c.dim)
         self.tau = c.tau_base  # EMA rate used by the last after_step (logged)
 
     @classmethod

@@ -20,7 +20,7 @@ from ..dist import all_gather_cat
 from ..losses import compress_loss
 from ..models import ema_update
 from .base import Method, MethodConfig
-from .moco import fifo_enqueue, frozen_copy
+from .moco import add_ring, fifo_enqueue, frozen_copy
 
 
 def load_teacher(run: str) -> nn.Module:
@@ -46,10 +46,9 @@ class CompRess(Method):
         self.head = nn.Sequential(nn.Linear(feat_dim, c.hidden), nn.ReLU(inplace=True), nn.Linear(c.hidden, c.dim))
         self.encoder_m = frozen_copy(encoder)
         self.head_m = frozen_copy(self.head)
-        k = max(1, min(c.bank, num_samples))  # capped to the clean subset's size
-        self.register_buffer("bank_t", F.normalize(torch.randn(k, t_dim), dim=1))
-        self.register_buffer("bank_s", F.normalize(torch.randn(k, c.dim), dim=1))
-        self.register_buffer("bank_ptr", torch.zeros((), dtype=torch.long))
+        # Two aligned banks (row i of both from one image) share one pointer; capped to the clean subset.
+        add_ring(self, "bank_t", c.bank, num_samples, t_dim)
+        add_ring(self, "bank_s", c.bank, num_samples, c.dim, ptr="bank_ptr")
 
     def train(self, mode: bool = True):
         super().train(mode)

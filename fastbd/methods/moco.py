@@ -66,6 +66,16 @@ def fifo_enqueue(buf: torch.Tensor, ptr: torch.Tensor, rows: torch.Tensor) -> No
     ptr.copy_((ptr + rows.shape[0]) % size)
 
 
+def add_ring(module: nn.Module, name: str, capacity: int, num_samples: int, dim: int,
+             ptr: str | None = None) -> None:
+    """Register a (K, dim) buffer of random unit rows (builder.py's queue init), K = min(capacity, training
+    set) because more rows than images would only hold stale copies; `ptr` names its write pointer."""
+    k = max(1, min(capacity, num_samples))
+    module.register_buffer(name, F.normalize(torch.randn(k, dim), dim=1))
+    if ptr:
+        module.register_buffer(ptr, torch.zeros((), dtype=torch.long))
+
+
 class MoCo(Method):
     VIEWS = ("mocov2", "mocov2")
 
@@ -75,10 +85,7 @@ class MoCo(Method):
         self.head = moco_head(feat_dim, c.hidden, c.dim)
         self.encoder_k = frozen_copy(encoder)
         self.head_k = frozen_copy(self.head)
-        # Capped to the training set: more negatives than images would hold stale copies of the same key.
-        k = max(1, min(c.queue, num_samples))
-        self.register_buffer("queue", F.normalize(torch.randn(k, c.dim), dim=1))  # (K, D); builder.py init
-        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        add_ring(self, "queue", c.queue, num_samples, c.dim, ptr="queue_ptr")  # (K, D) negatives
 
     def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         c = self.cfg.moco

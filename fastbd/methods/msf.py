@@ -14,9 +14,10 @@ from torch import nn
 
 from ..dist import all_gather_cat
 from ..losses import msf_loss
-from ..models import ema_update, mlp
+from ..models import ema_update
 from .base import Method, MethodConfig
-from .moco import fifo_enqueue, frozen_copy
+from .byol import add_byol_heads
+from .moco import add_ring, fifo_enqueue
 
 
 class MSF(Method):
@@ -25,14 +26,8 @@ class MSF(Method):
     def __init__(self, encoder: nn.Module, feat_dim: int, cfg: MethodConfig, num_samples: int):
         super().__init__(encoder, feat_dim, cfg, num_samples)
         c = cfg.msf
-        self.projector = mlp(feat_dim, c.hidden, c.dim)
-        self.predictor = mlp(c.dim, c.hidden, c.dim)
-        self.encoder_t = frozen_copy(encoder)
-        self.projector_t = frozen_copy(self.projector)
-        # Capped to the training set: a bank larger than the data would hold stale duplicates.
-        k = max(1, min(c.bank, num_samples))
-        self.register_buffer("bank", F.normalize(torch.randn(k, c.dim), dim=1))  # (K, D), random normalised init
-        self.register_buffer("bank_ptr", torch.zeros((), dtype=torch.long))
+        add_byol_heads(self, feat_dim, c.hidden, c.dim)
+        add_ring(self, "bank", c.bank, num_samples, c.dim, ptr="bank_ptr")  # (K, D) target embeddings
 
     def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         q = self.predictor(self.projector(self.encoder(views[1])))
