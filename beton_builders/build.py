@@ -206,7 +206,6 @@ def _build_into(spec: PoisonSpec, folder: Path, log) -> tuple[dict, dict]:
             fingerprint.update(f"{split}\t{key}\t{label}\t{d}\n".encode())
     trig_hash = hashlib.sha256(trigger.rgb.tobytes() + trigger.mask.tobytes()).hexdigest()
     n_clean = len(train.sizes) - len(poisoned)
-    vp = val_meta
     manifest = {
         "schema": mf.SCHEMA,
         "fastbd_version": __version__,
@@ -224,13 +223,13 @@ def _build_into(spec: PoisonSpec, folder: Path, log) -> tuple[dict, dict]:
                             "Pillow/libjpeg-turbo",
                     "val_transform": "Resize(val_resize, bilinear) + CenterCrop(val_crop), then trigger"},
         "counts": {"train_clean": n_clean, "train_poisoned": len(poisoned), "train_total": len(train.sizes),
-                   "val": len(val["val"].sizes), "val_poisoned": len(vp["label"]),
-                   "val_poisoned_nontarget": int(sum(1 - x for x in vp["is_target"])) if target is not None
-                   else len(vp["label"]),
+                   "val": len(val["val"].sizes), "val_poisoned": len(val_meta["label"]),
+                   # is_target is all 0 for an untargeted attack, so this is then every image
+                   "val_poisoned_nontarget": len(val_meta["label"]) - sum(val_meta["is_target"]),
                    "skipped": len(skipped), "passthrough": passthrough},
         "rates": rates,
         "poisoned": poisoned,
-        "val_poisoned": vp,
+        "val_poisoned": val_meta,
         "skipped": skipped,
     }
     manifest["files"] = {str(p.relative_to(folder)): mf.sha256_file(p)
