@@ -151,7 +151,11 @@ class Trainer:
             self._load(ckpt)
             self.log(f"resumed {self.out} at epoch {self.epoch} (step {self.step})")
             return
-        if self.out.exists() and any(self.out.iterdir()):
+        nonempty = self.out.exists() and any(self.out.iterdir())
+        if self.info.world > 1:
+            # every rank looks before rank 0 writes anything, else a slow rank sees rank 0's config.yaml
+            torch.distributed.barrier()
+        if nonempty:
             raise FileExistsError(f"run folder {self.out} is not empty; use --resume to continue it, "
                                   "or choose another out=")
         if self.info.main:
