@@ -4,6 +4,10 @@
     fastbd inspect out/demo
     fastbd make-synthetic --out data/synth source.synthetic.width=500 ...
     fastbd train --config configs/ssl/moco_resnet18.yaml data.path=out/demo out=runs/moco
+    fastbd distill --teacher runs/moco data=out/demo clean_fraction=0.25
+    fastbd eval --run runs/moco data=out/demo
+    fastbd sweep --config configs/sweeps/demo.yaml [--executor slurm] [--dry-run]
+    fastbd report sweeps/demo
 """
 
 from __future__ import annotations
@@ -107,13 +111,6 @@ def train_cmd(
     typer.echo(f"run folder: {out}")
 
 
-# CompRess as the paper's defense runs it (Saha et al. 2022, Sec. 5; CompRess's ImageNet settings).
-DISTILL_DEFAULTS = ["epochs=130", "method.name=compress", "data.clean_fraction=0.25", "data.batch_size=256",
-                    "optim.name=sgd", "optim.lr=0.01", "optim.momentum=0.9", "optim.weight_decay=1e-4",
-                    "optim.schedule=step", "optim.milestones=[90,120]", "optim.gamma=0.2"]
-SHORTCUTS = {"data": "data.path", "clean_fraction": "data.clean_fraction"}
-
-
 @app.command("distill")
 def distill_cmd(
     teacher: Path = typer.Option(..., "--teacher", help="run folder of the (possibly backdoored) encoder"),
@@ -121,21 +118,13 @@ def distill_cmd(
     overrides: Optional[List[str]] = typer.Argument(None, help="data=DIR clean_fraction=0.25 out=RUN, key=value"),
 ) -> None:
     """Distil a teacher into a fresh student on a small clean subset (the paper's defense)."""
-    import json
-
-    from fastbd.config import ConfigError, load_config
-    from fastbd.train import TrainConfig, TrainingDiverged, train
+    from fastbd.config import ConfigError
+    from fastbd.distill import distill_config, teacher_arch
+    from fastbd.train import TrainingDiverged, train
 
     try:
-        meta_path = teacher / "encoder.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"--teacher: {meta_path} not found; is {teacher} a finished `fastbd train` run?")
-        meta = json.loads(meta_path.read_text())
-        # The student gets the teacher's architecture and stem unless told otherwise.
-        student = [f"model.arch={meta['arch']}", f"model.small_input={str(meta.get('small_input', False)).lower()}",
-                   f"method.compress.teacher={teacher}", f"out={teacher}_distilled"]
-        items = [f"{SHORTCUTS.get(k, k)}={v}" for k, _, v in (o.partition("=") for o in (overrides or []))]
-        cfg = load_config(TrainConfig, config, items, defaults=[*DISTILL_DEFAULTS, *student])
+        arch, small_input = teacher_arch(teacher)
+        cfg = distill_config(teacher, arch, small_input, config, overrides or [])
         if cfg.data.path == "???":
             raise ConfigError("data: required (the `fastbd build-beton` folder the teacher was attacked with)")
         out = train(cfg)
@@ -184,6 +173,42 @@ def compare(runs: List[Path] = typer.Argument(..., help="run folders that have b
         knn = next((v for k, v in rep.items() if k.startswith("knn_") and k.endswith("_top1")), None)
         rows.append({"model": r.name, **rep[rep["protocol"]], "knn_top1": knn})
     typer.echo(report_markdown(rows))
+
+
+@app.command("sweep")
+def sweep_cmd(
+    config: Path = typer.Option(..., "--config", "-c", help="sweep YAML (overrides only), e.g. configs/sweeps/demo.yaml"),
+    executor: str = typer.Option("local", "--executor", help="local (this machine's GPUs or CPU) | slurm (submitit)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and the counts; run nothing"),
+    limit: int = typer.Option(0, "--limit", help="run at most this many of the pending runs (0: all)"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key=value, e.g. out=sweeps/x grid.seeds=[0,1,2]"),
+) -> None:
+    """Run a grid of experiments (build, train, eval, distill); finished runs are skipped, stopped ones resume."""
+    from fastbd.config import ConfigError
+    from fastbd.sweep import load_sweep, sweep
+    from fastbd.sweep.executors import SweepLocked
+
+    try:
+        cfg = load_sweep(config, overrides or [])
+        res = sweep(cfg, executor=executor, dry_run=dry_run, limit=limit, log=typer.echo)
+    except (ConfigError, FileNotFoundError, ValueError, KeyError, ImportError, SweepLocked) as e:
+        _fail(e)
+    failed = [r for r, s in res["states"].items() if s == "failed" and r in res["todo"]]
+    if failed and not dry_run and executor == "local":
+        typer.secho(f"{len(failed)} runs failed (see summary.md); rerun the same command to retry them",
+                    fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(1)
+
+
+@app.command("report")
+def report_cmd(sweep_dir: Path = typer.Argument(..., help="a `fastbd sweep` folder")) -> None:
+    """Write SWEEP/summary.csv, summary.md and plots/ from the runs finished so far."""
+    from fastbd.sweep import report
+
+    try:
+        report(sweep_dir, log=typer.echo)
+    except (FileNotFoundError, KeyError) as e:
+        _fail(e)
 
 
 def main() -> None:  # pragma: no cover

@@ -52,6 +52,14 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
     return obj  # type: ignore[return-value]
 
 
+def from_dict(cls: type[T], d: dict, where: str = "config") -> T:
+    """The dataclass `cls` from a plain dict (e.g. one `to_dict` wrote to JSON); strict like load_config."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), d))  # type: ignore[return-value]
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{where}: invalid config: {str(e).splitlines()[0]}") from None
+
+
 def to_dict(obj: Any) -> dict:
     """A plain, JSON/YAML-serialisable dict of a (nested) config dataclass."""
     return dataclasses.asdict(obj)

@@ -1,0 +1,235 @@
+"""A sweep's config and its plan: the grid expanded into builds (one per distinct dataset) and runs.
+
+A run is one trained encoder (method x trigger x target x poison rate x seed) with its stages: train,
+one linear-probe eval per label fraction, and, if asked, one distilled student per clean fraction with
+its own evals. Every poison rate of one trigger/target pair reads the same nested-rate build
+(beton_builders: the rate-r1 poisoned set lies within the rate-r2 set), so a rate sweep compiles the
+data once. A run's id hashes its resolved build spec and training config; label and clean fractions
+are stages of a run, so adding one to a sweep adds stages instead of retraining.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from itertools import product
+from pathlib import Path
+from typing import Optional
+
+from fastbd.config import ConfigError, load_config, to_dict
+
+
+@dataclass
+class MethodEntry:
+    config: str = "???"  # SSL config YAML (overrides of TrainConfig); relative to the sweep file
+    overrides: list[str] = field(default_factory=list)  # key=value on top of `config`, e.g. method.name=byol
+
+
+@dataclass
+class GridConfig:
+    rates: list[float] = field(default_factory=lambda: [0.0, 0.5])  # in the poison spec's attack.rate_mode units; 0 = the clean control
+    triggers: dict[str, list[str]] = field(default_factory=lambda: {"default": []})  # name -> poison-spec overrides, e.g. [trigger.seed=12]
+    targets: list[str] = field(default_factory=list)  # target classes (name or index); empty: the poison spec's own
+    pair_triggers_targets: bool = False  # true: the i-th trigger with the i-th target (the paper's five pairs); false: every combination
+    methods: dict[str, MethodEntry] = field(default_factory=dict)  # name -> SSL config
+    seeds: list[int] = field(default_factory=lambda: [0])  # training seed; also the probe's label draw and init
+    label_fractions: list[float] = field(default_factory=lambda: [0.01])  # linear-probe labels, fraction of the clean train set (paper: 0.01, 0.1)
+    clean_fractions: list[float] = field(default_factory=list)  # distillation defense, one student each (paper: 0.25, 0.1, 0.05); empty: off
+    distill_clean: bool = False  # also distil the rate-0 controls (the paper defends only poisoned encoders)
+
+
+@dataclass
+class LocalConfig:
+    gpus: Optional[list[int]] = None  # GPU indices to use; None: every visible GPU (no GPU: the CPU)
+    runs_per_gpu: int = 1  # runs sharing one GPU at once (a ResNet-18 at 112 px does not fill an H100)
+    gpus_per_run: int = 1  # >1: each run's training goes through torchrun on that many GPUs
+    cpu_parallel: int = 1  # runs at once when there is no GPU (each gets cores / cpu_parallel threads)
+
+
+@dataclass
+class SlurmConfig:
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    time: int = 720  # minutes per run
+    gpus_per_run: int = 1  # >1: torchrun inside the job
+    cpus_per_gpu: int = 16  # cpus-per-task = gpus_per_run x this (the data loaders' CPU share)
+    mem_gb: int = 64  # per run
+    array_parallelism: int = 64  # array tasks running at once
+    build_time: int = 240  # minutes per dataset build
+    build_cpus: int = 32  # cores per dataset build (decode, paste, encode in parallel)
+    build_mem_gb: int = 64
+    max_requeue: int = 3  # requeues after preemption or timeout (a requeued run resumes from its checkpoint)
+    setup: list[str] = field(default_factory=list)  # shell lines run before each task, e.g. "source .venv/bin/activate"
+    additional: dict[str, str] = field(default_factory=dict)  # extra #SBATCH options, e.g. {constraint: h100}
+
+
+@dataclass
+class SweepConfig:
+    name: str = "sweep"
+    out: str = "sweeps/default"  # sweep folder
+    poison: str = "???"  # poison spec YAML, the base of every build; relative to the sweep file
+    poison_overrides: list[str] = field(default_factory=list)  # key=value on every build
+    train_overrides: list[str] = field(default_factory=list)  # key=value on every training run, e.g. epochs=100
+    eval_overrides: list[str] = field(default_factory=list)  # key=value on every evaluation, e.g. res=112 resize=128
+    distill_config: Optional[str] = None  # YAML overrides of the CompRess defaults; relative to the sweep file
+    distill_overrides: list[str] = field(default_factory=list)  # key=value on every distillation
+    grid: GridConfig = field(default_factory=GridConfig)
+    local: LocalConfig = field(default_factory=LocalConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+
+
+def load_sweep(path: str | Path | None, overrides: list[str] = ()) -> SweepConfig:
+    """Load a sweep YAML (overrides only, strict); relative file paths resolve against its folder."""
+    cfg = load_config(SweepConfig, path, overrides)
+    base = Path(path).resolve().parent if path else Path.cwd()
+    fix = lambda p: p if p is None or Path(p).is_absolute() or not (base / p).exists() else str((base / p).resolve())
+    cfg.poison = fix(cfg.poison)
+    cfg.distill_config = fix(cfg.distill_config)
+    for m in cfg.grid.methods.values():
+        m.config = fix(m.config)
+    _validate(cfg, path)
+    return cfg
+
+
+def _validate(cfg: SweepConfig, path) -> None:
+    where = path or "sweep config"
+    g = cfg.grid
+    if cfg.poison == "???":
+        raise ConfigError(f"{where}: poison: required (a poison spec YAML, e.g. configs/poison/demo.yaml)")
+    if not g.methods:
+        raise ConfigError(f"{where}: grid.methods: give at least one, e.g. {{moco: {{config: configs/ssl/moco_resnet18.yaml}}}}")
+    for k, m in g.methods.items():
+        if m.config == "???" or not Path(m.config).is_file():
+            raise ConfigError(f"{where}: grid.methods.{k}.config: file not found: {m.config}")
+    for name, vals in (("rates", g.rates), ("seeds", g.seeds), ("label_fractions", g.label_fractions)):
+        if not vals:
+            raise ConfigError(f"{where}: grid.{name}: give at least one value")
+        if len(set(vals)) != len(vals):
+            raise ConfigError(f"{where}: grid.{name}: repeated values {vals}")
+    if any(r < 0 for r in g.rates):
+        raise ConfigError(f"{where}: grid.rates: negative rate in {g.rates}")
+    for name, vals in (("label_fractions", g.label_fractions), ("clean_fractions", g.clean_fractions)):
+        if any(not 0 < v <= 1 for v in vals):
+            raise ConfigError(f"{where}: grid.{name}: each must lie in (0, 1], got {vals}")
+    if g.pair_triggers_targets and len(g.targets) != len(g.triggers):
+        raise ConfigError(f"{where}: grid.pair_triggers_targets: {len(g.triggers)} triggers but {len(g.targets)} targets")
+    if cfg.distill_config is not None and not Path(cfg.distill_config).is_file():
+        raise ConfigError(f"{where}: distill_config: file not found: {cfg.distill_config}")
+
+
+# ----- the plan ----------------------------------------------------------------------------------------
+
+def digest(obj) -> str:
+    """12 hex characters of the sha256 of `obj`'s canonical JSON."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "_", s).strip("_")[:40] or "x"
+
+
+def _without(d: dict, *paths: str) -> dict:
+    """A deep copy of `d` with the dotted `paths` removed (the parts of a config that name folders)."""
+    d = json.loads(json.dumps(d, default=str))
+    for p in paths:
+        *head, last = p.split(".")
+        node = d
+        for h in head:
+            node = node[h]
+        node.pop(last, None)
+    return d
+
+
+def _attacks(g: GridConfig) -> list[tuple[str, Optional[str]]]:
+    triggers = list(g.triggers)
+    targets: list[Optional[str]] = list(g.targets) or [None]
+    if g.pair_triggers_targets:
+        return list(zip(triggers, targets))
+    return list(product(triggers, targets))
+
+
+def _builds(cfg: SweepConfig, root: Path) -> dict[tuple, dict]:
+    """(trigger, target) -> {id, dir, spec (dict), trigger, target}: one build per pair, every nonzero rate in it."""
+    from beton_builders import load_spec
+
+    rates = sorted(r for r in cfg.grid.rates if r > 0)
+    out = {}
+    for trig, target in _attacks(cfg.grid):
+        items = [*cfg.poison_overrides, *cfg.grid.triggers[trig]]
+        if target is not None:
+            items.append(f"attack.target={target}")
+        if rates:
+            items.append(f"attack.rates=[{','.join(map(str, rates))}]")
+        spec = load_spec(cfg.poison, items)
+        d = to_dict(spec)
+        bid = digest(d)
+        tname = target if target is not None else str(spec.attack.target)
+        out[(trig, target)] = {"id": bid, "dir": str(root / "builds" / f"{_slug(trig)}-{_slug(tname)}-{bid}"),
+                               "spec": d, "trigger": trig, "target": tname}
+    return out
+
+
+def _train_cfg(cfg: SweepConfig, method: str, build: dict, rate: float, seed: int, run_dir: Path):
+    from fastbd.train import TrainConfig
+
+    m = cfg.grid.methods[method]
+    items = [*cfg.train_overrides, *m.overrides, f"seed={seed}", f"data.rate={rate}",
+             f"data.path={build['dir']}", f"out={run_dir / 'train'}"]
+    return load_config(TrainConfig, m.config, items)
+
+
+def _eval_cfgs(cfg: SweepConfig, data: str, seed: int, folder: Path) -> dict[str, dict]:
+    from fastbd.evaluate import EvalConfig
+
+    out = {}
+    for lf in cfg.grid.label_fractions:
+        items = [*cfg.eval_overrides, f"data={data}", f"probe.label_fraction={lf}", f"seed={seed}",
+                 f"out={folder / 'eval' / f'lf{lf:g}'}"]
+        out[f"lf{lf:g}"] = to_dict(load_config(EvalConfig, None, items))
+    return out
+
+
+def _distill_cfgs(cfg: SweepConfig, train, seed: int, run_dir: Path) -> dict[str, dict]:
+    from fastbd.distill import distill_config
+
+    out = {}
+    for cf in cfg.grid.clean_fractions:
+        items = [*cfg.distill_overrides, f"data={train.data.path}", f"clean_fraction={cf}", f"seed={seed}",
+                 f"out={run_dir / f'distill_cf{cf:g}'}"]
+        d = distill_config(run_dir / "train", train.model.arch, train.model.small_input, cfg.distill_config, items)
+        out[f"cf{cf:g}"] = to_dict(d)
+    return out
+
+
+def make_plan(cfg: SweepConfig) -> dict:
+    """The whole sweep as plain data: {name, builds: {id: build}, runs: [run]} (what plan.json holds).
+
+    Each run: id, dir, build (id), params {method, trigger, target, rate, seed}, train (TrainConfig dict),
+    evals {lf0.01: EvalConfig dict}, distills {cf0.25: TrainConfig dict}, distill_evals {cf0.25: {lf..}}.
+    """
+    root = Path(cfg.out).absolute()
+    builds = _builds(cfg, root)
+    runs, seen = [], set()
+    for (trig, target), method, rate, seed in product(builds, cfg.grid.methods, cfg.grid.rates, cfg.grid.seeds):
+        b = builds[(trig, target)]
+        probe = _train_cfg(cfg, method, b, rate, seed, Path("RUN"))
+        rid = digest({"build": b["spec"], "train": _without(to_dict(probe), "out", "data.path")})
+        if rid in seen:
+            raise ConfigError(f"grid: two points resolve to the same run ({method}, {trig}, {target}, rate {rate}, "
+                              f"seed {seed}); remove the duplicate from grid.triggers / grid.targets")
+        seen.add(rid)
+        run_dir = root / "runs" / rid
+        train = _train_cfg(cfg, method, b, rate, seed, run_dir)
+        distills = _distill_cfgs(cfg, train, seed, run_dir) if rate > 0 or cfg.grid.distill_clean else {}
+        runs.append({
+            "id": rid, "dir": str(run_dir), "build": b["id"],
+            "params": {"method": method, "trigger": trig, "target": b["target"], "rate": float(rate), "seed": seed},
+            "train": to_dict(train),
+            "evals": _eval_cfgs(cfg, b["dir"], seed, run_dir / "train"),
+            "distills": distills,
+            "distill_evals": {k: _eval_cfgs(cfg, b["dir"], seed, Path(d["out"])) for k, d in distills.items()},
+        })
+    return {"name": cfg.name, "root": str(root), "builds": {b["id"]: b for b in builds.values()}, "runs": runs}

@@ -1,0 +1,221 @@
+"""One run of a sweep, stage by stage, and the state of every run on disk.
+
+A stage (train, distill, eval) is complete when its folder holds `.fastbd_stage.json` with the hash of
+the config it ran; a train or distill stage with a checkpoint of the same config resumes from it
+(interrupted or preempted runs), anything else in its folder is cleared and the stage starts over.
+A run that raises is recorded in RUN/status.json (and the traceback in RUN/error.txt); the sweep goes on.
+
+    python -m fastbd.sweep SWEEP_DIR RUN_ID [--nproc N]     (what the executors call for one run)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Callable, Optional
+
+from fastbd.config import from_dict, load_config, to_dict
+from fastbd.runs import atomic_write_bytes
+from fastbd.sweep.plan import _without, digest
+
+MARKER = ".fastbd_stage.json"
+
+
+def write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, default=str) + "\n").encode())
+
+
+def read_json(path: Path, default=None):
+    return json.loads(path.read_text()) if path.is_file() else default
+
+
+def load_plan(sweep_dir: str | Path) -> dict:
+    p = Path(sweep_dir) / "plan.json"
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: not a sweep folder (run `fastbd sweep --config ...` first)")
+    return json.loads(p.read_text())
+
+
+def find_run(plan: dict, run_id: str) -> dict:
+    for r in plan["runs"]:
+        if r["id"] == run_id:
+            return r
+    raise KeyError(f"run {run_id} is not in {plan['root']}/plan.json")
+
+
+# ----- stage identity -------------------------------------------------------------------------------------
+
+def _train_hash(cfg: dict) -> str:
+    # folders are not part of a stage's identity (the sweep folder may move); the teacher is the run's own
+    return digest(_without(cfg, "out", "data.path", "method.compress.teacher"))
+
+
+def _eval_hash(cfg: dict) -> str:
+    return digest(_without(cfg, "out", "data"))
+
+
+def stage_done(folder: Path, h: str) -> bool:
+    m = read_json(Path(folder) / MARKER)
+    return bool(m) and m.get("hash") == h
+
+
+def stages(run: dict) -> list[tuple[str, str, dict, str]]:
+    """(kind, name, config, hash) in the order they run: train, its evals, then each distill and its evals."""
+    out = [("train", "train", run["train"], _train_hash(run["train"]))]
+    out += [("eval", f"train/{k}", c, _eval_hash(c)) for k, c in run["evals"].items()]
+    for k, c in run["distills"].items():
+        out.append(("train", f"distill_{k}", c, _train_hash(c)))
+        out += [("eval", f"distill_{k}/{lk}", ec, _eval_hash(ec)) for lk, ec in run["distill_evals"][k].items()]
+    return out
+
+
+def pending_stages(run: dict) -> list[str]:
+    return [name for _, name, cfg, h in stages(run) if not stage_done(Path(cfg["out"]), h)]
+
+
+def _upstream(kind: str, cfg: dict) -> Optional[str]:
+    """The train/distill folder a stage reads: an eval's encoder, a distillation's teacher."""
+    if kind == "eval":
+        return str(Path(cfg["out"]).parent.parent)  # RUN/<stage>/eval/lfX -> RUN/<stage>
+    return cfg["method"]["compress"]["teacher"] if cfg["method"]["name"] == "compress" else None
+
+
+def run_state(run: dict) -> str:
+    """done (every stage complete) | failed (the last attempt raised) | pending."""
+    if not pending_stages(run):
+        return "done"
+    st = read_json(Path(run["dir"]) / "status.json", {})
+    return "failed" if st.get("state") == "failed" else "pending"
+
+
+# ----- running stages -------------------------------------------------------------------------------------
+
+def _same_config(folder: Path, cfg: dict) -> bool:
+    from fastbd.train import TrainConfig
+
+    try:
+        stored = to_dict(load_config(TrainConfig, folder / "config.yaml"))
+    except Exception:  # noqa: BLE001 - unreadable or older config: not the same
+        return False
+    return _train_hash(stored) == _train_hash(cfg)
+
+
+def _train_stage(cfg: dict, fresh: bool, nproc: int, log: Callable[[str], None]) -> None:
+    from fastbd.train import TrainConfig, train
+
+    folder = Path(cfg["out"])
+    resume = not fresh and (folder / "ckpt" / "last.pt").is_file() and _same_config(folder, cfg)
+    if folder.exists() and not resume:
+        shutil.rmtree(folder)  # died before its first checkpoint, ran another config, or its teacher changed
+    shutil.rmtree(folder / "eval", ignore_errors=True)  # evaluations of an encoder about to change
+    log(f"  {'resuming' if resume else 'starting'} {folder.name}")
+    if nproc > 1:
+        _torchrun(cfg, folder, resume, nproc)
+    else:
+        train(from_dict(TrainConfig, cfg, f"{folder}/config"), resume=resume)
+
+
+def _torchrun(cfg: dict, folder: Path, resume: bool, nproc: int) -> None:
+    """Multi-GPU training: torchrun + DDP on `nproc` local GPUs, through the same CLI a user would call."""
+    from fastbd.train import TrainConfig
+
+    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "fastbd.cli", "train"]
+    if resume:
+        cmd = [*base, "--resume", str(folder)]
+    else:
+        spec = folder.parent / f"{folder.name}.yaml"
+        from fastbd.config import to_yaml
+        atomic_write_bytes(spec, to_yaml(from_dict(TrainConfig, cfg)).encode())
+        cmd = [*base, "--config", str(spec)]
+    subprocess.run(cmd, check=True)
+
+
+def _eval_stage(cfg: dict, log: Callable[[str], None]) -> None:
+    from fastbd.evaluate import EvalConfig, evaluate
+
+    ec = from_dict(EvalConfig, cfg, f"{cfg['out']}/config")
+    evaluate(ec, run=Path(_upstream("eval", cfg)), log=lambda s: log("  " + s))
+
+
+def run_one(sweep_dir: str | Path, run_id: str, nproc: int = 1, log: Callable[[str], None] = print) -> dict:
+    """Run every pending stage of one run; returns (and writes) RUN/status.json. Never raises for a
+    failing run: the error is recorded and the sweep goes on."""
+    plan = load_plan(sweep_dir)
+    run = find_run(plan, run_id)
+    run_dir = Path(run["dir"])
+    status = {"state": "running", "host": platform.node(), "pid": os.getpid(), "started": time.time(),
+              "slurm_job": os.environ.get("SLURM_JOB_ID")}
+    write_json(run_dir / "status.json", status)
+    stage = None
+    try:
+        build = plan["builds"][run["build"]]
+        if not (Path(build["dir"]) / "manifest.json").is_file():
+            err = Path(build["dir"]).with_suffix(".error.txt")
+            raise FileNotFoundError(f"dataset {build['dir']} was not built" + (f"; see {err}" if err.exists() else ""))
+        redone: set[str] = set()  # train/distill folders (re)trained in this call: what reads them reruns
+        for kind, stage, cfg, h in stages(run):
+            folder, up = Path(cfg["out"]), _upstream(kind, cfg)
+            if stage_done(folder, h) and up not in redone:
+                continue
+            t0 = time.perf_counter()
+            log(f"[{run_id}] {stage}")
+            if kind == "train":
+                _train_stage(cfg, up in redone, nproc, log)
+                redone.add(str(folder))
+            else:
+                _eval_stage(cfg, log)
+            write_json(folder / MARKER, {"stage": stage, "hash": h, "seconds": time.perf_counter() - t0,
+                                         "finished": time.time()})
+        status.update(state="done", stage=None, error=None)
+    except Exception as e:  # noqa: BLE001 - a failed run is recorded, not fatal to the sweep
+        (run_dir / "error.txt").write_text(traceback.format_exc())
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        status.update(state="failed", stage=stage, error=f"{type(e).__name__}: {first}"[:500])
+        log(f"[{run_id}] FAILED in {stage}: {status['error']}")
+    status["finished"] = time.time()
+    write_json(run_dir / "status.json", status)
+    return status
+
+
+def build_one(sweep_dir: str | Path, build_id: str, log: Callable[[str], None] = print) -> bool:
+    """Compile one dataset of the sweep unless it exists; a failure is written next to it (BUILD.error.txt)."""
+    from beton_builders import build
+    from beton_builders.spec import PoisonSpec, validate
+
+    b = load_plan(sweep_dir)["builds"][build_id]
+    out = Path(b["dir"])
+    err = out.with_suffix(".error.txt")
+    if (out / "manifest.json").is_file():
+        return True
+    try:
+        spec = validate(from_dict(PoisonSpec, b["spec"], f"build {build_id}"))
+        log(f"[build {out.name}]")
+        build(spec, out, force=out.exists(), log=lambda s: log("  " + s))
+        err.unlink(missing_ok=True)
+        return True
+    except Exception:  # noqa: BLE001 - the runs that need it fail with a pointer to this file
+        err.parent.mkdir(parents=True, exist_ok=True)
+        err.write_text(traceback.format_exc())
+        log(f"[build {out.name}] FAILED; see {err}")
+        return False
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m fastbd.sweep", description="run one run of a sweep")
+    ap.add_argument("sweep_dir")
+    ap.add_argument("run_id")
+    ap.add_argument("--nproc", type=int, default=1, help="GPUs for this run's training (torchrun when > 1)")
+    a = ap.parse_args(argv)
+    log = lambda s: print(s, flush=True)
+    return 0 if run_one(a.sweep_dir, a.run_id, a.nproc, log)["state"] == "done" else 1
