@@ -1,5 +1,5 @@
 # Quickstart targets. Both run scripts/setup.sh first (idempotent: a stamp skips it once done).
-.PHONY: setup demo test bench
+.PHONY: setup demo sweep-demo test bench
 PY := .venv/bin/python
 
 setup:
@@ -16,6 +16,9 @@ demo: setup
 	.venv/bin/fastbd distill --teacher runs/demo_poisoned --config configs/distill/demo_cpu.yaml data=out/demo out=runs/demo_distilled
 	.venv/bin/fastbd eval --run runs/demo_distilled data=out/demo res=64 resize=73 probe.label_fraction=0.1
 	.venv/bin/fastbd compare runs/demo_clean runs/demo_poisoned runs/demo_distilled
+
+sweep-demo: setup
+	.venv/bin/fastbd sweep --config configs/sweeps/demo.yaml
 
 test: setup
 	$(PY) -m pytest -q

@@ -30,7 +30,7 @@ class MethodEntry:
 @dataclass
 class GridConfig:
     rates: list[float] = field(default_factory=lambda: [0.0, 0.5])  # in the poison spec's attack.rate_mode units; 0 = the clean control
-    triggers: dict[str, list[str]] = field(default_factory=lambda: {"default": []})  # name -> poison-spec overrides, e.g. [trigger.seed=12]
+    triggers: dict[str, list[str]] = field(default_factory=dict)  # name -> poison-spec overrides, e.g. [trigger.seed=12]; empty: the spec's own trigger ("default")
     targets: list[str] = field(default_factory=list)  # target classes (name or index); empty: the poison spec's own
     pair_triggers_targets: bool = False  # true: the i-th trigger with the i-th target (the paper's five pairs); false: every combination
     methods: dict[str, MethodEntry] = field(default_factory=dict)  # name -> SSL config
@@ -114,7 +114,7 @@ def _validate(cfg: SweepConfig, path) -> None:
     for name, vals in (("label_fractions", g.label_fractions), ("clean_fractions", g.clean_fractions)):
         if any(not 0 < v <= 1 for v in vals):
             raise ConfigError(f"{where}: grid.{name}: each must lie in (0, 1], got {vals}")
-    if g.pair_triggers_targets and len(g.targets) != len(g.triggers):
+    if g.pair_triggers_targets and len(g.targets) != max(1, len(g.triggers)):
         raise ConfigError(f"{where}: grid.pair_triggers_targets: {len(g.triggers)} triggers but {len(g.targets)} targets")
     if cfg.distill_config is not None and not Path(cfg.distill_config).is_file():
         raise ConfigError(f"{where}: distill_config: file not found: {cfg.distill_config}")
@@ -144,7 +144,7 @@ def _without(d: dict, *paths: str) -> dict:
 
 
 def _attacks(g: GridConfig) -> list[tuple[str, Optional[str]]]:
-    triggers = list(g.triggers)
+    triggers = list(g.triggers) or ["default"]
     targets: list[Optional[str]] = list(g.targets) or [None]
     if g.pair_triggers_targets:
         return list(zip(triggers, targets))
@@ -158,7 +158,7 @@ def _builds(cfg: SweepConfig, root: Path) -> dict[tuple, dict]:
     rates = sorted(r for r in cfg.grid.rates if r > 0)
     out = {}
     for trig, target in _attacks(cfg.grid):
-        items = [*cfg.poison_overrides, *cfg.grid.triggers[trig]]
+        items = [*cfg.poison_overrides, *cfg.grid.triggers.get(trig, [])]
         if target is not None:
             items.append(f"attack.target={target}")
         if rates:
