@@ -64,7 +64,15 @@ def test_dry_run_plans_and_writes_nothing(tmp_path):
     more = make_plan(load_sweep(path, ["grid.label_fractions=[0.5,0.25]"]))
     assert [r["id"] for r in more["runs"]] == [r["id"] for r in plan["runs"]]
     # the clean controls get no distillation unless asked; the poisoned ones one per clean fraction
-    assert [len(r["distills"]) for r in plan["runs"]] == [0, 0, 1, 1]
+    assert sorted(len(r["distills"]) for r in plan["runs"]) == [0, 0, 1, 1]
+    # two trigger/target pairs: one build each; the clean controls are trained once and evaluated on both
+    two = make_plan(load_sweep(path, ["grid.triggers={a: [], b: [trigger.seed=3]}", "grid.targets=[1,2]",
+                                      "grid.pair_triggers_targets=true"]))
+    assert len(two["builds"]) == 2 and len(two["runs"]) == 2 + 4
+    clean = [r for r in two["runs"] if r["params"]["rate"] == 0]
+    assert [len(r["attacks"]) for r in clean] == [2, 2] and all(len(r["evals"]) == 2 for r in clean)
+    apart = make_plan(load_sweep(path, ["grid.triggers={a: [], b: [trigger.seed=3]}", "grid.share_clean=false"]))
+    assert len(apart["runs"]) == 8
     out = CliRunner().invoke(app, ["sweep", "-c", str(path), "--dry-run"])
     assert out.exit_code == 0 and "4 pending" in out.output and "would run 4 runs" in out.output
 
@@ -138,20 +146,40 @@ def test_interrupted_stage_resumes_and_reruns_what_reads_it(done_sweep):
     st = run_one(plan["root"], run["id"], log=logs.append)
     assert st["state"] == "done" and any("resuming train" in s for s in logs)
     # the encoder changed, so its evals and the student distilled from it ran again
-    assert any(s.endswith("train/lf0.5") for s in logs) and any("starting distill_cf0.5" in s for s in logs)
+    assert any(s.endswith("train/eval/default-1/lf0.5") for s in logs)
+    assert any("starting distill_cf0.5" in s for s in logs)
     assert pending_stages(run) == []
 
 
+def test_clean_parts_of_builds_are_the_same_bytes(tiny_build, tmp_path):
+    """What grid.share_clean relies on: the trigger, target and poisoning seed change only the poisoned copies."""
+    from beton_builders import build, load_manifest
+    from fastbd.data.samples import TarSamples
+
+    from conftest import quiet, tiny_spec
+
+    other = tmp_path / "other"
+    build(tiny_spec("trigger.seed=3", "trigger.width=12", "attack.target=2", "seed=5"), other, log=quiet)
+    n = load_manifest(tiny_build)["counts"]["train_clean"]
+    assert n == load_manifest(other)["counts"]["train_clean"]
+    a, b = TarSamples(tiny_build, "train"), TarSamples(other, "train")
+    assert all(a.read(i) == b.read(i) for i in range(n)) and (a.label[:n] == b.label[:n]).all()
+    assert a.read(n) != b.read(n)  # the poisoned copies differ
+
+
 def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path):
-    path = write_sweep(tmp_path, rates=[0.5], seeds=[0],
+    # the clean control of two trigger/target pairs is one run evaluated on both builds; the other run fails
+    path = write_sweep(tmp_path, rates=[0.0], seeds=[0], triggers={"a": [], "b": ["trigger.seed=3"]},
                        methods={"moco": {"config": "ssl.yaml"},
                                 "big": {"config": "ssl.yaml", "overrides": ["data.batch_size=4096"]}})
     out = CliRunner().invoke(app, ["sweep", "-c", str(path)])
     assert out.exit_code == 1 and "1 runs failed" in out.output
     root = tmp_path / "s"
     rows = collect_rows(root)
+    assert sorted((r["method"], r["trigger"], r["state"]) for r in rows) == [
+        ("big", "a", "failed"), ("big", "b", "failed"), ("moco", "a", "done"), ("moco", "b", "done")]
     by = {r["method"]: r for r in rows}
-    assert by["moco"]["state"] == "done" and by["big"]["state"] == "failed"
+    assert len({r["run_id"] for r in rows if r["method"] == "moco"}) == 1
     assert "batch_size=4096" in by["big"]["error"]
     assert "## Failed runs" in (root / "summary.md").read_text()
     failed = next(r for r in load_plan(root)["runs"] if r["params"]["method"] == "big")

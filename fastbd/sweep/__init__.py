@@ -11,7 +11,7 @@ folder describes itself:
 
     SWEEP/sweep.yaml        the resolved sweep config         SWEEP/plan.json     every build and run, resolved
     SWEEP/invocations.jsonl each call: argv, executor, env    SWEEP/builds/       the compiled datasets
-    SWEEP/runs/<id>/        status.json, log.txt, train/, distill_cf*/ (run folders, each with eval/lf*/)
+    SWEEP/runs/<id>/        status.json, log.txt, train/, distill_cf*/ (run folders; eval/<trigger>-<target>/lf*/)
     SWEEP/summary.csv, summary.md, plots/rate_lf*.{png,pdf}    (fastbd report)
 
 Reference: the CPU demo sweep (configs/sweeps/demo.yaml: 2 rates x 2 seeds, MoCo v2 for 2 epochs, the
@@ -65,10 +65,11 @@ def _plan_lines(plan: dict, states: dict[str, str], builds_todo: list[str]) -> l
     lines.append(f"runs: {len(plan['runs'])} ({counts['done']} done, {counts['failed']} failed, "
                  f"{counts['pending']} pending)")
     for r in plan["runs"]:
-        p = r["params"]
+        p, b = r["params"], plan["builds"][r["build"]]
+        on = f"{b['trigger']} -> {b['target']}" if len(r["attacks"]) == 1 else f"clean, on {len(r['attacks'])} pairs"
         extra = f" +{len(r['distills'])} distill" if r["distills"] else ""
-        lines.append(f"  {states[r['id']]:<8}{r['id']}  {p['method']:<8} {p['trigger']:<10} {p['target']:<14} "
-                     f"rate {p['rate']:<6g} seed {p['seed']}{extra}")
+        lines.append(f"  {states[r['id']]:<8}{r['id']}  {p['method']:<8} rate {p['rate']:<6g} seed {p['seed']:<3} "
+                     f"{on}{extra}")
     return lines
 
 
@@ -100,7 +101,7 @@ def sweep(cfg: SweepConfig, executor: str = "local", dry_run: bool = False, limi
         with open(root / "invocations.jsonl", "a") as f:
             f.write(json.dumps({"time": time.time(), "argv": sys.argv, "executor": executor, "todo": todo,
                                 "env": environment()}) + "\n")
-        needed = {r["build"] for r in plan["runs"] if r["id"] in todo}
+        needed = {b for r in plan["runs"] if r["id"] in todo for b in (r["build"], *r["attacks"])}
         builds = [b for b in builds_todo if b in needed]
         if executor == "local":
             states.update(ex.run_local(root, builds, todo, cfg.local, log))
@@ -117,8 +118,8 @@ def sweep(cfg: SweepConfig, executor: str = "local", dry_run: bool = False, limi
 
 # ----- results ------------------------------------------------------------------------------------------------
 
-def _variants(run: dict) -> list[tuple[str, Optional[float], dict]]:
-    """(defense, clean_fraction, {lf key: eval config}) of a run: the attacked encoder, then each student."""
+def _variants(run: dict) -> list[tuple[str, Optional[float], list[dict]]]:
+    """(defense, clean_fraction, eval entries) of a run: the attacked encoder, then each student."""
     out = [("none", None, run["evals"])]
     for k, d in run["distills"].items():
         out.append(("distill", float(d["data"]["clean_fraction"]), run["distill_evals"][k]))
@@ -132,31 +133,33 @@ def _poisoned_count(build_dir: Path, rate: float) -> Optional[int]:
     return next((int(e["count"]) for e in (m or {}).get("rates", []) if abs(e["rate"] - rate) < 1e-12), None)
 
 
-def collect_rows(sweep_dir: str | Path) -> list[dict]:
-    """One row per (run, defense variant, label fraction), in fastbd.report's row schema."""
+def _row(run: dict, build: dict, defense: str, cf: Optional[float], ecfg: dict, status: dict) -> dict:
     from fastbd.report import METRIC_KEYS
 
+    p, lf = run["params"], float(ecfg["probe"]["label_fraction"])
+    row = {"run_id": run["id"], "method": p["method"], "trigger": build["trigger"], "target": build["target"],
+           "rate": p["rate"], "poisoned": _poisoned_count(Path(build["dir"]), p["rate"]), "seed": p["seed"],
+           "defense": defense, "clean_fraction": cf, "label_fraction": lf, "state": "pending", "error": None,
+           **{k: None for k in METRIC_KEYS}}
+    rep = read_json(Path(ecfg["out"]) / "report.json")
+    if rep is not None:
+        m = rep[rep["protocol"]]
+        row.update({k: m.get(k) for k in METRIC_KEYS}, state="done")
+        k0 = ecfg["knn_k"][0] if ecfg["knn_k"] else None
+        row["knn_top1"] = rep.get(f"knn_k{k0}_lf{lf:g}_top1")
+    elif status.get("state") == "failed":
+        row.update(state="failed", error=status.get("error"))
+    return row
+
+
+def collect_rows(sweep_dir: str | Path) -> list[dict]:
+    """One row per (run, defense variant, trigger/target pair, label fraction), in fastbd.report's schema."""
     plan = load_plan(sweep_dir)
     rows = []
     for run in plan["runs"]:
         status = read_json(Path(run["dir"]) / "status.json", {})
-        poisoned = _poisoned_count(Path(plan["builds"][run["build"]]["dir"]), run["params"]["rate"])
-        for defense, cf, evals in _variants(run):
-            for ecfg in evals.values():
-                rep = read_json(Path(ecfg["out"]) / "report.json")
-                lf = float(ecfg["probe"]["label_fraction"])
-                row = {"run_id": run["id"], **run["params"], "poisoned": poisoned, "defense": defense,
-                       "clean_fraction": cf, "label_fraction": lf, "error": None, **{k: None for k in METRIC_KEYS}}
-                if rep is not None:
-                    m = rep[rep["protocol"]]
-                    row.update({k: m.get(k) for k in METRIC_KEYS}, state="done")
-                    k0 = ecfg["knn_k"][0] if ecfg["knn_k"] else None
-                    row["knn_top1"] = rep.get(f"knn_k{k0}_lf{lf:g}_top1")
-                elif status.get("state") == "failed":
-                    row.update(state="failed", error=status.get("error"))
-                else:
-                    row["state"] = "pending"
-                rows.append(row)
+        for defense, cf, entries in _variants(run):
+            rows += [_row(run, plan["builds"][e["build"]], defense, cf, e["cfg"], status) for e in entries]
     return rows
 
 

@@ -2,7 +2,8 @@
 
 A run is one trained encoder (method x trigger x target x poison rate x seed) with its stages: train,
 one linear-probe eval per label fraction, and, if asked, one distilled student per clean fraction with
-its own evals. Every poison rate of one trigger/target pair reads the same nested-rate build
+its own evals. A clean control (rate 0) does not depend on the trigger or target, so it is trained once
+per method and seed and evaluated against every trigger/target pair. Every poison rate of one trigger/target pair reads the same nested-rate build
 (beton_builders: the rate-r1 poisoned set lies within the rate-r2 set), so a rate sweep compiles the
 data once. A run's id hashes its resolved build spec and training config; label and clean fractions
 are stages of a run, so adding one to a sweep adds stages instead of retraining.
@@ -38,6 +39,7 @@ class GridConfig:
     label_fractions: list[float] = field(default_factory=lambda: [0.01])  # linear-probe labels, fraction of the clean train set (paper: 0.01, 0.1)
     clean_fractions: list[float] = field(default_factory=list)  # distillation defense, one student each (paper: 0.25, 0.1, 0.05); empty: off
     distill_clean: bool = False  # also distil the rate-0 controls (the paper defends only poisoned encoders)
+    share_clean: bool = True  # train each rate-0 control once per method and seed, evaluate it on every trigger/target pair
 
 
 @dataclass
@@ -181,14 +183,15 @@ def _train_cfg(cfg: SweepConfig, method: str, build: dict, rate: float, seed: in
     return load_config(TrainConfig, m.config, items)
 
 
-def _eval_cfgs(cfg: SweepConfig, data: str, seed: int, folder: Path) -> dict[str, dict]:
+def _eval_cfgs(cfg: SweepConfig, builds: list[dict], seed: int, folder: Path) -> list[dict]:
+    """One linear-probe eval per (trigger/target build, label fraction) of the encoder trained in `folder`."""
     from fastbd.evaluate import EvalConfig
 
-    out = {}
-    for lf in cfg.grid.label_fractions:
-        items = [*cfg.eval_overrides, f"data={data}", f"probe.label_fraction={lf}", f"seed={seed}",
-                 f"out={folder / 'eval' / f'lf{lf:g}'}"]
-        out[f"lf{lf:g}"] = to_dict(load_config(EvalConfig, None, items))
+    out = []
+    for b, lf in product(builds, cfg.grid.label_fractions):
+        where = folder / "eval" / f"{_slug(b['trigger'])}-{_slug(b['target'])}" / f"lf{lf:g}"
+        items = [*cfg.eval_overrides, f"data={b['dir']}", f"probe.label_fraction={lf}", f"seed={seed}", f"out={where}"]
+        out.append({"build": b["id"], "cfg": to_dict(load_config(EvalConfig, None, items))})
     return out
 
 
@@ -204,32 +207,44 @@ def _distill_cfgs(cfg: SweepConfig, train, seed: int, run_dir: Path) -> dict[str
     return out
 
 
-def make_plan(cfg: SweepConfig) -> dict:
-    """The whole sweep as plain data: {name, builds: {id: build}, runs: [run]} (what plan.json holds).
+def _training_identity(cfg: SweepConfig, build: dict, rate: float) -> dict:
+    """What a run's training data depends on. A clean control (rate 0) reads only the clean images, which are
+    the same bytes in every trigger/target build of one source (the trigger, target and poisoning seed only
+    choose and paint the poisoned copies), so with grid.share_clean it is one run evaluated on every pair."""
+    if rate == 0 and cfg.grid.share_clean:
+        return {"clean": _without(build["spec"], "name", "trigger", "attack", "seed")}
+    return {"build": build["spec"]}
 
-    Each run: id, dir, build (id), params {method, trigger, target, rate, seed}, train (TrainConfig dict),
-    evals {lf0.01: EvalConfig dict}, distills {cf0.25: TrainConfig dict}, distill_evals {cf0.25: {lf..}}.
+
+def make_plan(cfg: SweepConfig) -> dict:
+    """The whole sweep as plain data: {name, root, builds: {id: build}, runs: [run]} (what plan.json holds).
+
+    Each run: id, dir, build (the id it trains on), params {method, rate, seed}, attacks (build ids it is
+    evaluated on: one, or every pair for a shared clean control), train (TrainConfig dict), evals
+    [{build, cfg (EvalConfig dict)}], distills {cf0.25: TrainConfig dict}, distill_evals {cf0.25: [...]}.
     """
     root = Path(cfg.out).absolute()
     builds = _builds(cfg, root)
-    runs, seen = [], set()
-    for (trig, target), method, rate, seed in product(builds, cfg.grid.methods, cfg.grid.rates, cfg.grid.seeds):
-        b = builds[(trig, target)]
+    runs: dict[str, dict] = {}
+    for method, rate, seed, pair in product(cfg.grid.methods, cfg.grid.rates, cfg.grid.seeds, builds):
+        b = builds[pair]
         probe = _train_cfg(cfg, method, b, rate, seed, Path("RUN"))
-        rid = digest({"build": b["spec"], "train": _without(to_dict(probe), "out", "data.path")})
-        if rid in seen:
-            raise ConfigError(f"grid: two points resolve to the same run ({method}, {trig}, {target}, rate {rate}, "
+        rid = digest({**_training_identity(cfg, b, rate), "train": _without(to_dict(probe), "out", "data.path")})
+        if rid in runs:
+            if rate == 0 and cfg.grid.share_clean and b["id"] not in runs[rid]["attacks"]:
+                runs[rid]["attacks"].append(b["id"])
+                continue
+            raise ConfigError(f"grid: two points resolve to the same run ({method}, {pair}, rate {rate}, "
                               f"seed {seed}); remove the duplicate from grid.triggers / grid.targets")
-        seen.add(rid)
         run_dir = root / "runs" / rid
         train = _train_cfg(cfg, method, b, rate, seed, run_dir)
-        distills = _distill_cfgs(cfg, train, seed, run_dir) if rate > 0 or cfg.grid.distill_clean else {}
-        runs.append({
-            "id": rid, "dir": str(run_dir), "build": b["id"],
-            "params": {"method": method, "trigger": trig, "target": b["target"], "rate": float(rate), "seed": seed},
-            "train": to_dict(train),
-            "evals": _eval_cfgs(cfg, b["dir"], seed, run_dir / "train"),
-            "distills": distills,
-            "distill_evals": {k: _eval_cfgs(cfg, b["dir"], seed, Path(d["out"])) for k, d in distills.items()},
-        })
-    return {"name": cfg.name, "root": str(root), "builds": {b["id"]: b for b in builds.values()}, "runs": runs}
+        runs[rid] = {"id": rid, "dir": str(run_dir), "build": b["id"], "attacks": [b["id"]],
+                     "params": {"method": method, "rate": float(rate), "seed": seed}, "train": to_dict(train),
+                     "distills": _distill_cfgs(cfg, train, seed, run_dir) if rate > 0 or cfg.grid.distill_clean else {}}
+    by_id = {b["id"]: b for b in builds.values()}
+    for r in runs.values():
+        attacked = [by_id[a] for a in r["attacks"]]
+        r["evals"] = _eval_cfgs(cfg, attacked, r["params"]["seed"], Path(r["dir"]) / "train")
+        r["distill_evals"] = {k: _eval_cfgs(cfg, attacked, r["params"]["seed"], Path(d["out"]))
+                              for k, d in r["distills"].items()}
+    return {"name": cfg.name, "root": str(root), "builds": by_id, "runs": list(runs.values())}

@@ -58,8 +58,8 @@ def _train_hash(cfg: dict) -> str:
     return digest(_without(cfg, "out", "data.path", "method.compress.teacher"))
 
 
-def _eval_hash(cfg: dict) -> str:
-    return digest(_without(cfg, "out", "data"))
+def _eval_hash(entry: dict) -> str:
+    return digest([_without(entry["cfg"], "out", "data"), entry["build"]])  # the build: which trigger/target
 
 
 def stage_done(folder: Path, h: str) -> bool:
@@ -67,25 +67,23 @@ def stage_done(folder: Path, h: str) -> bool:
     return bool(m) and m.get("hash") == h
 
 
-def stages(run: dict) -> list[tuple[str, str, dict, str]]:
-    """(kind, name, config, hash) in the order they run: train, its evals, then each distill and its evals."""
-    out = [("train", "train", run["train"], _train_hash(run["train"]))]
-    out += [("eval", f"train/{k}", c, _eval_hash(c)) for k, c in run["evals"].items()]
+def stages(run: dict) -> list[tuple[str, str, dict, str, Optional[str]]]:
+    """(kind, name, config, hash, upstream) in the order they run: train, its evals, then each distillation
+    and its evals. `upstream` is the train/distill folder a stage reads (an eval's encoder, a teacher)."""
+    train_dir = run["train"]["out"]
+
+    def evals(entries, parent):
+        return [("eval", str(Path(e["cfg"]["out"]).relative_to(run["dir"])), e["cfg"], _eval_hash(e), parent)
+                for e in entries]
+    out = [("train", "train", run["train"], _train_hash(run["train"]), None), *evals(run["evals"], train_dir)]
     for k, c in run["distills"].items():
-        out.append(("train", f"distill_{k}", c, _train_hash(c)))
-        out += [("eval", f"distill_{k}/{lk}", ec, _eval_hash(ec)) for lk, ec in run["distill_evals"][k].items()]
+        out.append(("train", f"distill_{k}", c, _train_hash(c), train_dir))
+        out += evals(run["distill_evals"][k], c["out"])
     return out
 
 
 def pending_stages(run: dict) -> list[str]:
-    return [name for _, name, cfg, h in stages(run) if not stage_done(Path(cfg["out"]), h)]
-
-
-def _upstream(kind: str, cfg: dict) -> Optional[str]:
-    """The train/distill folder a stage reads: an eval's encoder, a distillation's teacher."""
-    if kind == "eval":
-        return str(Path(cfg["out"]).parent.parent)  # RUN/<stage>/eval/lfX -> RUN/<stage>
-    return cfg["method"]["compress"]["teacher"] if cfg["method"]["name"] == "compress" else None
+    return [name for _, name, cfg, h, _ in stages(run) if not stage_done(Path(cfg["out"]), h)]
 
 
 def run_state(run: dict) -> str:
@@ -139,11 +137,10 @@ def _torchrun(cfg: dict, folder: Path, resume: bool, nproc: int) -> None:
     subprocess.run(cmd, check=True)
 
 
-def _eval_stage(cfg: dict, log: Callable[[str], None]) -> None:
+def _eval_stage(cfg: dict, encoder_run: str, log: Callable[[str], None]) -> None:
     from fastbd.evaluate import EvalConfig, evaluate
 
-    ec = from_dict(EvalConfig, cfg, f"{cfg['out']}/config")
-    evaluate(ec, run=Path(_upstream("eval", cfg)), log=lambda s: log("  " + s))
+    evaluate(from_dict(EvalConfig, cfg, f"{cfg['out']}/config"), run=Path(encoder_run), log=lambda s: log("  " + s))
 
 
 def run_one(sweep_dir: str | Path, run_id: str, nproc: int = 1, log: Callable[[str], None] = print) -> dict:
@@ -157,13 +154,14 @@ def run_one(sweep_dir: str | Path, run_id: str, nproc: int = 1, log: Callable[[s
     write_json(run_dir / "status.json", status)
     stage = None
     try:
-        build = plan["builds"][run["build"]]
-        if not (Path(build["dir"]) / "manifest.json").is_file():
-            err = Path(build["dir"]).with_suffix(".error.txt")
-            raise FileNotFoundError(f"dataset {build['dir']} was not built" + (f"; see {err}" if err.exists() else ""))
+        for bid in dict.fromkeys([run["build"], *run["attacks"]]):
+            d = Path(plan["builds"][bid]["dir"])
+            if not (d / "manifest.json").is_file():
+                err = d.with_suffix(".error.txt")
+                raise FileNotFoundError(f"dataset {d} was not built" + (f"; see {err}" if err.exists() else ""))
         redone: set[str] = set()  # train/distill folders (re)trained in this call: what reads them reruns
-        for kind, stage, cfg, h in stages(run):
-            folder, up = Path(cfg["out"]), _upstream(kind, cfg)
+        for kind, stage, cfg, h, up in stages(run):
+            folder = Path(cfg["out"])
             if stage_done(folder, h) and up not in redone:
                 continue
             t0 = time.perf_counter()
@@ -172,7 +170,7 @@ def run_one(sweep_dir: str | Path, run_id: str, nproc: int = 1, log: Callable[[s
                 _train_stage(cfg, up in redone, nproc, log)
                 redone.add(str(folder))
             else:
-                _eval_stage(cfg, log)
+                _eval_stage(cfg, up, log)
             write_json(folder / MARKER, {"stage": stage, "hash": h, "seconds": time.perf_counter() - t0,
                                          "finished": time.time()})
         status.update(state="done", stage=None, error=None)
