@@ -151,6 +151,16 @@ def test_interrupted_stage_resumes_and_reruns_what_reads_it(done_sweep):
     assert pending_stages(run) == []
 
 
+def test_one_sweep_process_per_folder(tmp_path):
+    from fastbd.sweep.executors import SweepLocked, lock
+
+    held = lock(tmp_path)
+    with pytest.raises(SweepLocked, match="another `fastbd sweep`"):
+        lock(tmp_path)
+    held.close()
+    lock(tmp_path).close()
+
+
 def test_clean_parts_of_builds_are_the_same_bytes(tiny_build, tmp_path):
     """What grid.share_clean relies on: the trigger, target and poisoning seed change only the poisoned copies."""
     from beton_builders import build, load_manifest
@@ -184,6 +194,20 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert "## Failed runs" in (root / "summary.md").read_text()
     failed = next(r for r in load_plan(root)["runs"] if r["params"]["method"] == "big")
     assert "Traceback" in (Path(failed["dir"]) / "error.txt").read_text()
+
+
+def test_a_multi_process_run_goes_through_torchrun(tmp_path):
+    """gpus_per_run > 1 trains under torchrun + DDP (gloo on this CPU machine, NCCL on GPUs)."""
+    from fastbd.sweep.stages import build_one, write_json
+
+    cfg = load_sweep(write_sweep(tmp_path, rates=[0.5], seeds=[0], label_fractions=[0.5]))
+    plan = make_plan(cfg)
+    write_json(Path(cfg.out) / "plan.json", plan)
+    assert build_one(cfg.out, plan["runs"][0]["build"], log=lambda s: None)
+    run = plan["runs"][0]
+    assert run_one(cfg.out, run["id"], nproc=2, log=lambda s: None)["state"] == "done"
+    meta = json.loads((Path(run["train"]["out"]) / "meta.json").read_text())
+    assert meta["world_size"] == 2 and pending_stages(run) == []
 
 
 # ----- SLURM ---------------------------------------------------------------------------------------------

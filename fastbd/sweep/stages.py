@@ -21,7 +21,7 @@ import traceback
 from pathlib import Path
 from typing import Callable, Optional
 
-from fastbd.config import from_dict, load_config, to_dict
+from fastbd.config import from_dict, load_config, to_dict, to_yaml
 from fastbd.runs import atomic_write_bytes
 from fastbd.sweep.plan import _without, digest
 
@@ -131,7 +131,6 @@ def _torchrun(cfg: dict, folder: Path, resume: bool, nproc: int) -> None:
         cmd = [*base, "--resume", str(folder)]
     else:
         spec = folder.parent / f"{folder.name}.yaml"
-        from fastbd.config import to_yaml
         atomic_write_bytes(spec, to_yaml(from_dict(TrainConfig, cfg)).encode())
         cmd = [*base, "--config", str(spec)]
     subprocess.run(cmd, check=True)
