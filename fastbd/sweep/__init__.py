@@ -15,7 +15,7 @@ folder describes itself:
     SWEEP/summary.csv, summary.md, plots/rate_lf*.{png,pdf}    (fastbd report)
 
 Reference: the CPU demo sweep (configs/sweeps/demo.yaml: 2 rates x 2 seeds, MoCo v2 for 2 epochs, the
-defense on the poisoned runs) took 4 min 55 s on a 2-core VM; README "Reproducing the paper" estimates
+defense on the poisoned runs) took 4.5-5 min on a 2-core VM; README "Reproducing the paper" estimates
 the paper's sweep on one H100.
 """
 
