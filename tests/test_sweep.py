@@ -81,6 +81,8 @@ def test_bad_sweep_configs_name_the_field(tmp_path):
     path = write_sweep(tmp_path)
     with pytest.raises(ConfigError, match="grid.methods.moco.config"):
         load_sweep(path, ["grid.methods.moco.config=nope.yaml"])
+    with pytest.raises(ConfigError, match="poison: file not found"):
+        load_sweep(path, ["poison=missing.yaml"])
     with pytest.raises(ConfigError, match="grid.rates"):
         load_sweep(path, ["grid.rates=[0.5,0.5]"])
     with pytest.raises(ConfigError, match="grid.colours"):

@@ -103,9 +103,9 @@ def run_local(sweep_dir: Path, builds: list[str], runs: list[str], cfg: LocalCon
 def _start(sweep_dir: Path, rid: str, slot: str | None, n_slots: int, nproc: int) -> subprocess.Popen:
     run_dir = sweep_dir / "runs" / rid
     run_dir.mkdir(parents=True, exist_ok=True)
-    logf = open(run_dir / "log.txt", "a")
     cmd = [sys.executable, "-m", "fastbd.sweep", str(sweep_dir), rid, "--nproc", str(nproc)]
-    return subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=_env(slot, n_slots))
+    with open(run_dir / "log.txt", "a") as logf:  # the child keeps its own descriptor
+        return subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=_env(slot, n_slots))
 
 
 # ----- SLURM through submitit -----------------------------------------------------------------------------

@@ -87,7 +87,9 @@ def load_sweep(path: str | Path | None, overrides: list[str] = ()) -> SweepConfi
     """Load a sweep YAML (overrides only, strict); relative file paths resolve against its folder."""
     cfg = load_config(SweepConfig, path, overrides)
     base = Path(path).resolve().parent if path else Path.cwd()
-    fix = lambda p: p if p is None or Path(p).is_absolute() or not (base / p).exists() else str((base / p).resolve())
+
+    def fix(p: Optional[str]) -> Optional[str]:  # relative to the sweep file where that exists, else as given
+        return p if p is None or Path(p).is_absolute() or not (base / p).exists() else str((base / p).resolve())
     cfg.poison = fix(cfg.poison)
     cfg.distill_config = fix(cfg.distill_config)
     for m in cfg.grid.methods.values():
@@ -101,6 +103,8 @@ def _validate(cfg: SweepConfig, path) -> None:
     g = cfg.grid
     if cfg.poison == "???":
         raise ConfigError(f"{where}: poison: required (a poison spec YAML, e.g. configs/poison/demo.yaml)")
+    if not Path(cfg.poison).is_file():
+        raise ConfigError(f"{where}: poison: file not found: {cfg.poison}")
     if not g.methods:
         raise ConfigError(f"{where}: grid.methods: give at least one, e.g. {{moco: {{config: configs/ssl/moco_resnet18.yaml}}}}")
     for k, m in g.methods.items():
@@ -174,12 +178,11 @@ def _builds(cfg: SweepConfig, root: Path) -> dict[tuple, dict]:
     return out
 
 
-def _train_cfg(cfg: SweepConfig, method: str, build: dict, rate: float, seed: int, run_dir: Path):
+def _train_cfg(cfg: SweepConfig, method: str, build: dict, rate: float, seed: int):
     from fastbd.train import TrainConfig
 
     m = cfg.grid.methods[method]
-    items = [*cfg.train_overrides, *m.overrides, f"seed={seed}", f"data.rate={rate}",
-             f"data.path={build['dir']}", f"out={run_dir / 'train'}"]
+    items = [*cfg.train_overrides, *m.overrides, f"seed={seed}", f"data.rate={rate}", f"data.path={build['dir']}"]
     return load_config(TrainConfig, m.config, items)
 
 
@@ -228,8 +231,8 @@ def make_plan(cfg: SweepConfig) -> dict:
     runs: dict[str, dict] = {}
     for method, rate, seed, pair in product(cfg.grid.methods, cfg.grid.rates, cfg.grid.seeds, builds):
         b = builds[pair]
-        probe = _train_cfg(cfg, method, b, rate, seed, Path("RUN"))
-        rid = digest({**_training_identity(cfg, b, rate), "train": _without(to_dict(probe), "out", "data.path")})
+        train = _train_cfg(cfg, method, b, rate, seed)
+        rid = digest({**_training_identity(cfg, b, rate), "train": _without(to_dict(train), "out", "data.path")})
         if rid in runs:
             if rate == 0 and cfg.grid.share_clean and b["id"] not in runs[rid]["attacks"]:
                 runs[rid]["attacks"].append(b["id"])
@@ -237,7 +240,7 @@ def make_plan(cfg: SweepConfig) -> dict:
             raise ConfigError(f"grid: two points resolve to the same run ({method}, {pair}, rate {rate}, "
                               f"seed {seed}); remove the duplicate from grid.triggers / grid.targets")
         run_dir = root / "runs" / rid
-        train = _train_cfg(cfg, method, b, rate, seed, run_dir)
+        train.out = str(run_dir / "train")
         runs[rid] = {"id": rid, "dir": str(run_dir), "build": b["id"], "attacks": [b["id"]],
                      "params": {"method": method, "rate": float(rate), "seed": seed}, "train": to_dict(train),
                      "distills": _distill_cfgs(cfg, train, seed, run_dir) if rate > 0 or cfg.grid.distill_clean else {}}
