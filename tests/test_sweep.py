@@ -137,6 +137,33 @@ def test_report_rows_and_plots(done_sweep):
     assert out.exit_code == 0 and "6 rows" in out.output
 
 
+def test_ctrl_c_stops_every_run_and_the_rerun_finishes(tmp_path):
+    """SIGINT to the whole `fastbd sweep` process group mid-sweep, as Ctrl-C in a terminal, then the same command."""
+    import signal
+    import subprocess
+    import sys
+
+    path = write_sweep(tmp_path, rates=[0.5], seeds=[0, 1])
+    cmd = [sys.executable, "-m", "fastbd.cli", "sweep", "-c", str(path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = []
+    for line in proc.stdout:  # stop as soon as the first run has finished and the second has started
+        lines.append(line)
+        if line.rstrip().endswith("] done"):
+            break
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0, "".join(lines)
+    root = tmp_path / "s"
+    plan = load_plan(root)
+    first = next(r for r in plan["runs"] if pending_stages(r) == [])
+    mark = (Path(first["train"]["out"]) / MARKER).stat().st_mtime_ns
+    res = sweep(load_sweep(path), log=lambda s: None)
+    assert res["todo"] == [r["id"] for r in plan["runs"] if r["id"] != first["id"]]
+    assert set(res["states"].values()) == {"done"}
+    assert (Path(first["train"]["out"]) / MARKER).stat().st_mtime_ns == mark
+
+
 def test_interrupted_stage_resumes_and_reruns_what_reads_it(done_sweep):
     plan = done_sweep["second"]["plan"]
     run = next(r for r in plan["runs"] if r["distills"])
