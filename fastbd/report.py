@@ -206,7 +206,7 @@ def _line_sort(line: tuple) -> tuple:
     return (str(method), defense not in (None, "none"), str(defense), cf or 0.0)
 
 
-def plot_rates(rows: Sequence[Row], out_dir: Path) -> list[Path]:
+def plot_rates(rows: Sequence[Row], out_dir: Path, rate_label: str = "poison rate") -> list[Path]:
     """Per label fraction, `rate_lf{lf:g}.png/.pdf`: target FP, ASR and clean top-1 vs poison rate, one
     line per (method, defense variant), mean ± sample std over every done run at that point."""
     done = [r for r in rows if r.get("state") == "done" and r.get("label_fraction") is not None]
@@ -235,7 +235,7 @@ def plot_rates(rows: Sequence[Row], out_dir: Path) -> list[Path]:
                 ax.errorbar(x, y, yerr=err if any(err) else None, capsize=3, marker="o" if attacked else "s",
                             linestyle="-" if attacked else "--", color=colors[str(method)],
                             label=str(method) if attacked else f"{method} + {defense_label(defense, cf)}")
-            ax.set_xlabel("poison rate")
+            ax.set_xlabel(rate_label)
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
             if series:
@@ -249,10 +249,10 @@ def plot_rates(rows: Sequence[Row], out_dir: Path) -> list[Path]:
     return written
 
 
-def write_report(out_dir: Path, rows: Sequence[Row], title: str) -> list[Path]:
+def write_report(out_dir: Path, rows: Sequence[Row], title: str, rate_label: str = "poison rate") -> list[Path]:
     """Write summary.csv, summary.md and plots/ under out_dir (each file atomically); return their paths."""
     out_dir = Path(out_dir)
     rows = list(rows)
     written = [_write_text(out_dir / "summary.csv", summary_csv(rows)),
                _write_text(out_dir / "summary.md", summary_markdown(rows, title))]
-    return written + plot_rates(rows, out_dir / "plots")
+    return written + plot_rates(rows, out_dir / "plots", rate_label)

@@ -116,6 +116,10 @@ def sweep(cfg: SweepConfig, executor: str = "local", dry_run: bool = False, limi
         held.close()
 
 
+RATE_UNITS = {"target_fraction": "fraction of the target class", "dataset_fraction": "fraction of the data",
+              "count": "images"}
+
+
 # ----- results ------------------------------------------------------------------------------------------------
 
 def _variants(run: dict) -> list[tuple[str, Optional[float], list[dict]]]:
@@ -168,7 +172,11 @@ def report(sweep_dir: str | Path, log: Callable[[str], None] = print) -> list[Pa
     from fastbd.report import write_report
 
     sweep_dir = Path(sweep_dir)
+    plan = load_plan(sweep_dir)
     rows = collect_rows(sweep_dir)
-    paths = write_report(sweep_dir, rows, title=f"Sweep {load_plan(sweep_dir)['name']}")
+    modes = {b["spec"]["attack"]["rate_mode"] for b in plan["builds"].values()}
+    unit = RATE_UNITS.get(modes.pop()) if len(modes) == 1 else None
+    paths = write_report(sweep_dir, rows, title=f"Sweep {plan['name']}",
+                         rate_label="poison rate" + (f" ({unit})" if unit else ""))
     log(f"report: {sweep_dir / 'summary.md'} ({len(rows)} rows, {len(paths)} files)")
     return paths
