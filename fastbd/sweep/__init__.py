@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from fastbd.config import to_yaml
+from fastbd.report import METRIC_KEYS, write_report
 from fastbd.runs import atomic_write_bytes
 from fastbd.sweep.plan import SweepConfig, load_sweep, make_plan
 from fastbd.sweep.stages import build_one, load_plan, read_json, run_one, run_state, write_json
@@ -138,8 +139,6 @@ def _poisoned_count(build_dir: Path, rate: float) -> Optional[int]:
 
 
 def _row(run: dict, build: dict, defense: str, cf: Optional[float], ecfg: dict, status: dict) -> dict:
-    from fastbd.report import METRIC_KEYS
-
     p, lf = run["params"], float(ecfg["probe"]["label_fraction"])
     row = {"run_id": run["id"], "method": p["method"], "trigger": build["trigger"], "target": build["target"],
            "rate": p["rate"], "poisoned": _poisoned_count(Path(build["dir"]), p["rate"]), "seed": p["seed"],
@@ -169,8 +168,6 @@ def collect_rows(sweep_dir: str | Path) -> list[dict]:
 
 def report(sweep_dir: str | Path, log: Callable[[str], None] = print) -> list[Path]:
     """Write SWEEP/summary.csv, summary.md and plots/ from whatever has finished so far."""
-    from fastbd.report import write_report
-
     sweep_dir = Path(sweep_dir)
     plan = load_plan(sweep_dir)
     rows = collect_rows(sweep_dir)
