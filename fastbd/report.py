@@ -11,13 +11,13 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
+
+from fastbd.runs import atomic_write
 
 Row = dict[str, Any]
 
@@ -62,22 +62,9 @@ def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     return float(arr.mean()), (float(arr.std(ddof=1)) if len(arr) >= 2 else None)
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp)` on a temp file next to `path`, then rename: readers never see a half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _write_text(path: Path, text: str) -> Path:
-    return _atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
 def defense_label(defense: str | None, clean_fraction: float | None) -> str:
@@ -244,7 +231,7 @@ def plot_rates(rows: Sequence[Row], out_dir: Path, rate_label: str = "poison rat
         for ext in ("png", "pdf"):
             path = out_dir / f"rate_lf{lf:g}.{ext}"
             # savefig infers the format from the suffix, so name it explicitly for the temp file.
-            written.append(_atomic_write(path, lambda p, e=ext: fig.savefig(p, format=e, bbox_inches="tight")))
+            written.append(atomic_write(path, lambda p, e=ext: fig.savefig(p, format=e, bbox_inches="tight")))
         plt.close(fig)
     return written
 

@@ -17,23 +17,33 @@ import os
 import platform
 import subprocess
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from fastbd import __version__
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
+    """Call `write(tmp)` on a temporary name next to `path`, then rename it over `path`: readers never see a
+    half-written file, and a failed write leaves no temporary behind."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda p: p.write_bytes(data))
 
 
 def atomic_torch_save(obj, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda p: torch.save(obj, p))
 
 
 def git_info() -> dict:
