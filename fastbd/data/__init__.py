@@ -23,13 +23,26 @@ def make_loader(cfg: DataConfig, views: list[str] | tuple[str, ...], *, device: 
     args = dict(folder=cfg.path, indices=indices, recipes=recipes, res=cfg.res, batch=cfg.batch_size // world,
                 workers=cfg.workers, device=device, seed=seed, rank=rank, world=world,
                 drop_last=cfg.drop_last, shuffle=shuffle)
-    if cfg.backend == "torch":
+    if cfg.backend == "torch":  # PIL does the whole augmentation in worker processes
         from .torch_loader import TorchLoader as cls
-    elif cfg.backend == "ffcv":
-        from .ffcv_loader import FfcvLoader as cls
     else:
-        from .dali_loader import DaliLoader as cls
+        args["aug_impl"] = aug_impl(cfg.aug_impl, device)
+        if cfg.backend == "ffcv":
+            from .ffcv_loader import FfcvLoader as cls
+        else:
+            from .dali_loader import DaliLoader as cls
     loader = cls(**args)
     loader.num_samples = len(indices)  # the training set's size (all ranks), for queues and banks
     loader.sample_indices = indices  # the exact training set, recorded by the trainer when it is a subset
     return loader
+
+
+def aug_impl(name: str, device: torch.device) -> str:
+    """`data.aug_impl` resolved: auto is the exact jitter on a GPU, the one-matrix linear one on the CPU,
+    where the exact one's HSV round trip costs more than the JPEG decode (fastbd/data/gpu_aug.py)."""
+    if name == "auto":
+        return "exact" if torch.device(device).type == "cuda" else "linear"
+    from .gpu_aug import IMPLS
+    if name not in IMPLS:
+        raise ValueError(f"data.aug_impl: {name!r} is not one of auto, {', '.join(IMPLS)}")
+    return name

@@ -64,7 +64,8 @@ def derived_seed(*key: int) -> int:
 class DaliLoader(EpochOrdered):
     def __init__(self, folder, indices: np.ndarray, recipes: list[Recipe], res: int, batch: int, workers: int,
                  device: torch.device, seed: int, rank: int = 0, world: int = 1, drop_last: bool = True,
-                 shuffle: bool = True):
+                 shuffle: bool = True, aug_impl: str = "exact"):
+        self.aug_impl = aug_impl
         _dali()  # fail at construction, not at the first batch, when DALI is missing
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
@@ -132,7 +133,7 @@ class DaliLoader(EpochOrdered):
                 label = torch.from_numpy(np.array(label.as_tensor())).to(self.device)
                 index = torch.from_numpy(np.array(index.as_tensor())).to(self.device)
                 gen = step_generator(self.device, self.seed, epoch, step)  # as the ffcv backend
-                out = [augment(self._to_torch(tl, feed_ndarray).permute(0, 3, 1, 2), r, gen)  # NCHW view of HWC
+                out = [augment(self._to_torch(tl, feed_ndarray).permute(0, 3, 1, 2), r, gen, self.aug_impl)  # NCHW view of HWC
                        for tl, r in zip(views, self.recipes)]
                 yield Batch(out, label, index)
         finally:

@@ -143,7 +143,7 @@ class FfcvLoader:
 
     def __init__(self, folder, indices: np.ndarray, recipes: list[Recipe], res: int, batch: int, workers: int,
                  device: torch.device, seed: int, rank: int = 0, world: int = 1, drop_last: bool = True,
-                 shuffle: bool = True):
+                 shuffle: bool = True, aug_impl: str = "exact"):
         path = Path(folder) / "train.beton"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no train.beton; is {folder} a build-beton folder?")
@@ -155,6 +155,7 @@ class FfcvLoader:
                 raise RuntimeError(f"FfcvLoader(rank={rank}, world={world}) needs torch.distributed initialised "
                                    "with that rank and world size: FFCV shards the samples by it")
         self.recipes, self.device, self.seed, self.epoch = list(recipes), torch.device(device), int(seed), 0
+        self.aug_impl = aug_impl
         self.decoder = _MultiCropDecoder(res, [(r.scale_min, r.scale_max) for r in self.recipes], self.seed)
         to_dev = [ToDevice(self.device, non_blocking=True)] if self.device.type == "cuda" else []
         pipelines = {name: None for name in Reader(str(path)).field_names}  # FFCV decodes every field not off
@@ -188,7 +189,7 @@ class FfcvLoader:
                 except StopIteration:
                     return
                 gen = step_generator(self.device, self.seed, epoch, step)
-                out = [augment(views[:, v].permute(0, 3, 1, 2), self.recipes[v], gen) for v in range(n)]
+                out = [augment(views[:, v].permute(0, 3, 1, 2), self.recipes[v], gen, self.aug_impl) for v in range(n)]
                 # label and index are views of FFCV's rotating batch buffers: copy them before handing over
                 yield Batch(out, label.clone(), index.clone())
                 step += 1
