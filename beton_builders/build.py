@@ -31,12 +31,11 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from fastbd import __version__
-from fastbd.config import ConfigError, to_dict
-
 from . import manifest as mf
+from .config import ConfigError, to_dict
 from .dali_writer import ShardWriter
 from .ffcv_writer import write_beton
+from .host import cores, fastbd_version
 from .poison import select_poison
 from .process import RESIZE_FILTER, Result, Task, init_worker, run_chunk
 from .sources import open_source, resolve_class
@@ -55,13 +54,6 @@ def mp_context():
     PIL and numpy, never numba or torch, so forking after FFCV/numba were imported (numba warns about
     TBB then) is harmless. forkserver/spawn would re-import the caller's __main__ in every worker."""
     return mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-
-
-def default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def _log(msg: str) -> None:
@@ -169,7 +161,7 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
 
 
 def _workers(spec: PoisonSpec) -> int:
-    return spec.workers or default_workers()
+    return spec.workers or cores()
 
 
 def _build_into(spec: PoisonSpec, folder: Path, log) -> tuple[dict, dict]:
@@ -208,7 +200,7 @@ def _build_into(spec: PoisonSpec, folder: Path, log) -> tuple[dict, dict]:
     n_clean = len(train.sizes) - len(poisoned)
     manifest = {
         "schema": mf.SCHEMA,
-        "fastbd_version": __version__,
+        "fastbd_version": fastbd_version(),
         # `workers` changes speed, never bytes, so it is left out and the manifest stays identical.
         "spec": {k: v for k, v in to_dict(spec).items() if k != "workers"},
         "seed": spec.seed,

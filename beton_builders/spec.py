@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from fastbd.config import ConfigError, load_config
+from .config import ConfigError, load_config
 
 SOURCE_KINDS = ("synthetic", "imagefolder", "filelist")
 TRIGGER_KINDS = ("htba", "image", "text")
