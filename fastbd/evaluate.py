@@ -32,11 +32,9 @@ from torchvision import transforms as T
 from beton_builders.manifest import load_manifest
 from fastbd.data.base import IMAGENET_MEAN, IMAGENET_STD
 from fastbd.data.samples import TarSamples
-from fastbd.models import ModelConfig, make_backbone
-from fastbd.runs import load_checkpoint, load_encoder_state
-from fastbd.train import amp_mode, autocast
-
-PREFIXES = ("module.", "encoder_q.", "encoder.", "backbone.", "base_encoder.")
+from fastbd.device import amp_mode, autocast, pick_device
+from fastbd.models import ModelConfig
+from fastbd.runs import load_encoder
 
 
 @dataclass
@@ -66,44 +64,6 @@ class EvalConfig:
     knn_k: list[int] = field(default_factory=lambda: [1, 50])
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     model: ModelConfig = field(default_factory=ModelConfig)  # for --checkpoint files without metadata
-
-
-# ----- encoders -------------------------------------------------------------------------------------------
-
-def strip_state(state: dict) -> dict:
-    """A backbone state dict from a fastbd export, a torchvision ResNet, or a MoCo/BYOL checkpoint."""
-    for k in ("state_dict", "model"):
-        if k in state and isinstance(state[k], dict):
-            state = state[k]
-    out = {}
-    for k, v in state.items():
-        for p in PREFIXES:
-            if k.startswith(p):
-                k = k[len(p):]
-        if not k.startswith("fc.") and torch.is_tensor(v):
-            out[k] = v
-    return out
-
-
-def load_encoder(run: Optional[Path], checkpoint: Optional[Path], model: ModelConfig) -> tuple[torch.nn.Module, dict]:
-    meta: dict = {}
-    if run is not None:
-        path = run / "encoder.safetensors"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no exported encoder; did `fastbd train` finish?")
-        meta = json.loads((run / "encoder.json").read_text())
-        model = ModelConfig(arch=meta["arch"], small_input=meta.get("small_input", False))
-        state = load_encoder_state(path)
-    else:
-        path = checkpoint
-        state = load_encoder_state(path) if str(path).endswith(".safetensors") else load_checkpoint(path)
-    net, feat_dim = make_backbone(model)
-    state = strip_state(state)
-    missing, _ = net.load_state_dict(state, strict=False)
-    if missing:
-        raise ValueError(f"{path}: not a {model.arch} backbone; missing {len(missing)} weights, e.g. {missing[:3]}")
-    net.eval()
-    return net, {**meta, "arch": model.arch, "feat_dim": feat_dim, "encoder": str(path)}
 
 
 # ----- data ----------------------------------------------------------------------------------------------
@@ -265,12 +225,6 @@ def knn_predict(bank: torch.Tensor, bank_y: torch.Tensor, q: torch.Tensor, k: in
 
 # ----- the whole evaluation ---------------------------------------------------------------------------------
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def evaluate(cfg: EvalConfig, run: Optional[Path] = None, checkpoint: Optional[Path] = None, log=print) -> dict:
     """Evaluate one encoder on one build; writes the eval folder and returns report.json's content."""
     from fastbd import metrics as M
@@ -281,7 +235,7 @@ def evaluate(cfg: EvalConfig, run: Optional[Path] = None, checkpoint: Optional[P
     folder = Path(cfg.data)
     manifest = load_manifest(folder)
     out = Path(cfg.out) if cfg.out else (run / "eval" if run else Path(checkpoint).with_suffix("").parent / "eval")
-    device = _device(cfg.device)
+    device = pick_device(cfg.device)
     net, enc_meta = load_encoder(run, checkpoint, cfg.model)
     net = net.to(device).to(memory_format=torch.channels_last)
     classes = manifest["source"]["classes"]

@@ -6,6 +6,7 @@
     RUN/metrics.jsonl        append-only, one JSON object per log line (rank 0 only)
     RUN/ckpt/last.pt         plain-dict checkpoint, loadable with torch.load(weights_only=True)
     RUN/encoder.safetensors  the trained backbone; RUN/encoder.json its metadata
+Loading an encoder (`load_encoder`, also foreign MoCo/BYOL/torchvision checkpoints) sits beside saving one.
 Every file is written to a temporary name and renamed, so a crash never leaves a torn file.
 """
 
@@ -17,11 +18,12 @@ import os
 import platform
 import subprocess
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
 from fastbd import __version__
+from fastbd.models import ModelConfig, make_backbone
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
@@ -112,3 +114,45 @@ def load_encoder_state(path: str | Path) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(path))
+
+
+# Wrappers other code bases put before a ResNet backbone's keys (DDP, MoCo, BYOL, torchvision).
+PREFIXES = ("module.", "encoder_q.", "encoder.", "backbone.", "base_encoder.")
+
+
+def strip_state(state: dict) -> dict:
+    """A backbone state dict from a fastbd export, a torchvision ResNet, or a MoCo/BYOL checkpoint."""
+    for k in ("state_dict", "model"):
+        if k in state and isinstance(state[k], dict):
+            state = state[k]
+    out = {}
+    for k, v in state.items():
+        for p in PREFIXES:
+            if k.startswith(p):
+                k = k[len(p):]
+        if not k.startswith("fc.") and torch.is_tensor(v):
+            out[k] = v
+    return out
+
+
+def load_encoder(run: Optional[Path], checkpoint: Optional[Path], model: ModelConfig) -> tuple[torch.nn.Module, dict]:
+    """The frozen backbone (eval mode) of a finished run's export, or of a checkpoint file (`model` names its
+    architecture), and its metadata. Evaluation and the distillation teacher both load encoders here."""
+    meta: dict = {}
+    if run is not None:
+        path = run / "encoder.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no exported encoder; did `fastbd train` finish?")
+        meta = json.loads((run / "encoder.json").read_text())
+        model = ModelConfig(arch=meta["arch"], small_input=meta.get("small_input", False))
+        state = load_encoder_state(path)
+    else:
+        path = checkpoint
+        state = load_encoder_state(path) if str(path).endswith(".safetensors") else load_checkpoint(path)
+    net, feat_dim = make_backbone(model)
+    state = strip_state(state)
+    missing, _ = net.load_state_dict(state, strict=False)
+    if missing:
+        raise ValueError(f"{path}: not a {model.arch} backbone; missing {len(missing)} weights, e.g. {missing[:3]}")
+    net.eval()
+    return net, {**meta, "arch": model.arch, "feat_dim": feat_dim, "encoder": str(path)}

@@ -17,7 +17,6 @@ import json
 import random
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +25,8 @@ from torch import nn
 
 from fastbd.config import to_dict, to_yaml
 from fastbd.data import DataConfig, make_loader
-from fastbd.dist import DistInfo, all_reduce_mean, init_distributed
+from fastbd.device import amp_mode, autocast, pick_device
+from fastbd.dist import all_reduce_mean, init_distributed
 from fastbd.methods import make_method
 from fastbd.methods.base import MethodConfig
 from fastbd.models import ModelConfig, make_backbone
@@ -58,25 +58,6 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
-def _device(cfg: TrainConfig, info: DistInfo) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device(f"cuda:{info.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    return torch.device(cfg.device)
-
-
-def amp_mode(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, whether a grad scaler is needed) for the `amp` setting."""
-    mode = amp if amp != "auto" else ("bf16" if device.type == "cuda" else "none")
-    if mode not in ("bf16", "fp16", "none"):
-        raise ValueError(f"amp: {amp!r} is not one of auto, bf16, fp16, none")
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[mode], mode == "fp16"
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """torch.autocast at `dtype`, or a no-op context when AMP is off."""
-    return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -102,7 +83,7 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False, log=None):
         self.cfg, self.info = cfg, init_distributed()
-        self.device = _device(cfg, self.info)
+        self.device = pick_device(cfg.device, self.info.local_rank)
         self.log = log or (lambda s: print(s, file=sys.stderr, flush=True))
         self.out = Path(cfg.out)
         seed_everything(cfg.seed + self.info.rank)

@@ -9,9 +9,9 @@ import torchvision
 
 from beton_builders import load_manifest
 from fastbd.config import load_config
-from fastbd.evaluate import (EvalConfig, evaluate, knn_predict, labelled_subset, load_encoder, normalise,
-                             strip_state)
+from fastbd.evaluate import EvalConfig, evaluate, knn_predict, labelled_subset, normalise
 from fastbd.models import ModelConfig
+from fastbd.runs import load_encoder, strip_state
 from fastbd.train import train
 
 from test_train import cfg_for

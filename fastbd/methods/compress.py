@@ -18,15 +18,13 @@ from torch import nn
 
 from ..dist import all_gather_cat
 from ..losses import compress_loss
-from ..models import ema_update
+from ..models import ModelConfig, ema_update
+from ..runs import load_encoder
 from .base import Method, MethodConfig
 from .moco import add_ring, fifo_enqueue, frozen_copy
 
 
 def load_teacher(run: str) -> nn.Module:
-    from ..evaluate import load_encoder
-    from ..models import ModelConfig
-
     if not run:
         raise ValueError("method.compress.teacher: required (the run folder of the encoder to distil)")
     net, _ = load_encoder(Path(run), None, ModelConfig())
