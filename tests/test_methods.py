@@ -11,7 +11,7 @@ from fastbd.losses import byol_loss, info_nce, msf_loss, nt_xent
 from fastbd.methods import METHODS, MethodConfig, make_method
 from fastbd.methods.byol import cosine_tau
 from fastbd.methods.jigsaw import cut_tiles, jitter_tiles, permutation_set
-from fastbd.methods.moco import fifo_enqueue
+from fastbd.methods.blocks import fifo_enqueue
 from fastbd.methods.rotnet import rotate_all
 from fastbd.models import ModelConfig, make_backbone
 

@@ -14,24 +14,14 @@ import torch
 from torch import nn
 
 from ..losses import byol_loss
-from ..models import ema_update, mlp
 from .base import Method, MethodConfig
-from .moco import frozen_copy
+from .blocks import add_byol_heads, ema_update
 
 
 def cosine_tau(tau_base: float, progress: float) -> float:
     """BYOL Sec. 3.2: tau = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2; tau_base at 0, 1 at the end."""
     progress = min(max(progress, 0.0), 1.0)
     return 1 - (1 - tau_base) * (math.cos(math.pi * progress) + 1) / 2
-
-
-def add_byol_heads(m: Method, feat_dim: int, hidden: int, dim: int) -> None:
-    """Online projector + predictor (Linear-BN-ReLU-Linear, BYOL Sec. 3.3) and the momentum target
-    (a frozen copy of encoder + projector); MSF uses the same architecture."""
-    m.projector = mlp(feat_dim, hidden, dim)
-    m.predictor = mlp(dim, hidden, dim)
-    m.encoder_t = frozen_copy(m.encoder)
-    m.projector_t = frozen_copy(m.projector)
 
 
 class BYOL(Method):

@@ -18,10 +18,10 @@ from torch import nn
 
 from ..dist import all_gather_cat
 from ..losses import compress_loss
-from ..models import ModelConfig, ema_update
+from ..models import ModelConfig
 from ..runs import load_encoder
 from .base import Method, MethodConfig
-from .moco import add_ring, fifo_enqueue, frozen_copy
+from .blocks import add_ring, ema_update, fifo_enqueue, frozen_copy
 
 
 def load_teacher(run: str) -> nn.Module:

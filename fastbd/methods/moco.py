@@ -7,8 +7,6 @@ direction only, as in MoCo v2: queries from view 0, keys from view 1.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.distributed as tdist
 import torch.nn.functional as F
@@ -16,16 +14,8 @@ from torch import nn
 
 from ..dist import all_gather_cat, rank, world_size
 from ..losses import info_nce
-from ..models import ema_update
 from .base import Method, MethodConfig
-
-
-def frozen_copy(m: nn.Module) -> nn.Module:
-    """A momentum copy: same weights at start (moco/builder.py copies q into k), no gradient."""
-    c = copy.deepcopy(m)
-    for p in c.parameters():
-        p.requires_grad_(False)
-    return c
+from .blocks import add_ring, ema_update, fifo_enqueue, frozen_copy
 
 
 def moco_head(feat_dim: int, hidden: int, dim: int) -> nn.Sequential:
@@ -53,27 +43,6 @@ def shuffle_across_ranks(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | 
 @torch.no_grad()
 def unshuffle_across_ranks(k: torch.Tensor, undo: torch.Tensor | None) -> torch.Tensor:
     return k if undo is None else all_gather_cat(k)[undo]
-
-
-@torch.no_grad()
-def fifo_enqueue(buf: torch.Tensor, ptr: torch.Tensor, rows: torch.Tensor) -> None:
-    """Write `rows` into the ring buffer `buf` (K, D) at `ptr` and advance it, wrapping around, so K need
-    not be a multiple of the global batch (builder.py asserts it is). More rows than K: the last K win."""
-    size = buf.shape[0]
-    rows = rows[-size:].to(buf.dtype)
-    idx = (ptr + torch.arange(rows.shape[0], device=rows.device)) % size
-    buf[idx] = rows
-    ptr.copy_((ptr + rows.shape[0]) % size)
-
-
-def add_ring(module: nn.Module, name: str, capacity: int, num_samples: int, dim: int,
-             ptr: str | None = None) -> None:
-    """Register a (K, dim) buffer of random unit rows (builder.py's queue init), K = min(capacity, training
-    set) because more rows than images would only hold stale copies; `ptr` names its write pointer."""
-    k = max(1, min(capacity, num_samples))
-    module.register_buffer(name, F.normalize(torch.randn(k, dim), dim=1))
-    if ptr:
-        module.register_buffer(ptr, torch.zeros((), dtype=torch.long))
 
 
 class MoCo(Method):

@@ -14,10 +14,8 @@ from torch import nn
 
 from ..dist import all_gather_cat
 from ..losses import msf_loss
-from ..models import ema_update
 from .base import Method, MethodConfig
-from .byol import add_byol_heads
-from .moco import add_ring, fifo_enqueue
+from .blocks import add_byol_heads, add_ring, ema_update, fifo_enqueue
 
 
 class MSF(Method):

@@ -11,8 +11,8 @@ from torch import nn
 
 from ..dist import all_gather_cat, rank, world_size
 from ..losses import nt_xent
-from ..models import mlp
 from .base import Method, MethodConfig
+from .blocks import mlp
 
 
 def other_ranks(z: torch.Tensor) -> torch.Tensor | None:
