@@ -27,8 +27,7 @@ from fastbd.config import to_dict, to_yaml
 from fastbd.data import DataConfig, make_loader
 from fastbd.device import amp_mode, autocast, pick_device
 from fastbd.dist import all_reduce_mean, init_distributed
-from fastbd.methods import make_method
-from fastbd.methods.base import MethodConfig
+from fastbd.methods import MethodConfig, make_method
 from fastbd.models import ModelConfig, make_backbone
 from fastbd.optim import OptimConfig, lr_at, make_optimizer
 from fastbd.runs import (MetricsLog, atomic_torch_save, atomic_write_bytes, export_encoder, load_checkpoint,
@@ -96,10 +95,8 @@ class Trainer:
             self.method = self.method.to(memory_format=torch.channels_last)
         self.model: nn.Module = self.method
         if self.info.world > 1:
-            # SyncBN is CUDA-only (gloo/CPU keeps per-rank BN). MoCo with shuffle-BN skips it: global
-            # statistics would undo what shuffling the keys across ranks is for (MoCo, section 3.3).
-            shuffled = cfg.method.name == "moco" and cfg.method.moco.shuffle_bn
-            if cfg.sync_bn and self.device.type == "cuda" and not shuffled:
+            # SyncBN is CUDA-only (gloo/CPU keeps per-rank BN), and a method may refuse it (MoCo's shuffle-BN).
+            if cfg.sync_bn and self.device.type == "cuda" and self.method.allows_sync_bn():
                 self.method = nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.method, device_ids=ids)

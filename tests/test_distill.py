@@ -10,8 +10,7 @@ from beton_builders import load_manifest
 from fastbd.cli import app
 from fastbd.data.samples import clean_subset
 from fastbd.losses import compress_loss
-from fastbd.methods import make_method
-from fastbd.methods.base import MethodConfig
+from fastbd.methods import MethodConfig, make_method
 from fastbd.models import ModelConfig, make_backbone
 from fastbd.runs import read_metrics
 from fastbd.train import Trainer, train

@@ -9,12 +9,13 @@ on a cosine schedule over training (Sec. 3.2).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..losses import byol_loss
-from .base import Method, MethodConfig
+from .base import Method
 from .blocks import add_byol_heads, ema_update
 
 
@@ -24,17 +25,26 @@ def cosine_tau(tau_base: float, progress: float) -> float:
     return 1 - (1 - tau_base) * (math.cos(math.pi * progress) + 1) / 2
 
 
+@dataclass
+class ByolConfig:
+    dim: int = 128  # embedding (the paper's reference code: 128)
+    hidden: int = 1024  # projector and predictor hidden width, with BN
+    tau_base: float = 0.99  # target EMA, cosine-increased to 1 over training
+    asymmetric: bool = False  # the BYOL paper's asymmetric augmentation pair instead of the reference's symmetric one
+
+
 class BYOL(Method):
     VIEWS = ("byol", "byol")
+    Config = ByolConfig
 
-    def __init__(self, encoder: nn.Module, feat_dim: int, cfg: MethodConfig, num_samples: int):
+    def __init__(self, encoder: nn.Module, feat_dim: int, cfg, num_samples: int):
         super().__init__(encoder, feat_dim, cfg, num_samples)
         c = cfg.byol
         add_byol_heads(self, feat_dim, c.hidden, c.dim)
         self.tau = c.tau_base  # EMA rate used by the last after_step (logged)
 
     @classmethod
-    def views_for(cls, cfg: MethodConfig) -> tuple[str, ...]:
+    def views_for(cls, cfg) -> tuple[str, ...]:
         return ("byol_a", "byol_b") if cfg.byol.asymmetric else cls.VIEWS
 
     def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:

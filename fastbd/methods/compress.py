@@ -10,6 +10,7 @@ KL between the softmax similarity distributions over the banks, temperature 0.04
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,7 +21,7 @@ from ..dist import all_gather_cat
 from ..losses import compress_loss
 from ..models import ModelConfig
 from ..runs import load_encoder
-from .base import Method, MethodConfig
+from .base import Method
 from .blocks import add_ring, ema_update, fifo_enqueue, frozen_copy
 
 
@@ -33,10 +34,21 @@ def load_teacher(run: str) -> nn.Module:
     return net.eval()
 
 
+@dataclass
+class CompressConfig:
+    teacher: str = ""  # run folder of the (possibly backdoored) encoder to distil
+    dim: int = 128  # student embedding
+    hidden: int = 512  # student MLP head hidden width
+    bank: int = 128000  # anchors per bank; capped to the clean subset's size
+    momentum: float = 0.999  # the momentum student that fills the student-space bank
+    temperature: float = 0.04  # both softmaxes (CompRess)
+
+
 class CompRess(Method):
     VIEWS = ("weak",)
+    Config = CompressConfig
 
-    def __init__(self, encoder: nn.Module, feat_dim: int, cfg: MethodConfig, num_samples: int):
+    def __init__(self, encoder: nn.Module, feat_dim: int, cfg, num_samples: int):
         super().__init__(encoder, feat_dim, cfg, num_samples)
         c = cfg.compress
         self.teacher = load_teacher(c.teacher)

@@ -7,6 +7,8 @@ direction only, as in MoCo v2: queries from view 0, keys from view 1.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.distributed as tdist
 import torch.nn.functional as F
@@ -14,7 +16,7 @@ from torch import nn
 
 from ..dist import all_gather_cat, rank, world_size
 from ..losses import info_nce
-from .base import Method, MethodConfig
+from .base import Method
 from .blocks import add_ring, ema_update, fifo_enqueue, frozen_copy
 
 
@@ -45,16 +47,31 @@ def unshuffle_across_ranks(k: torch.Tensor, undo: torch.Tensor | None) -> torch.
     return k if undo is None else all_gather_cat(k)[undo]
 
 
+@dataclass
+class MocoConfig:
+    dim: int = 128  # projection output
+    hidden: int = 2048  # MLP head hidden width (MoCo v2: 2048 for ResNet-50; 512 = backbone width for ResNet-18)
+    queue: int = 65536  # negatives; capped to the training set size
+    momentum: float = 0.999  # key-encoder EMA
+    temperature: float = 0.2
+    shuffle_bn: bool = True  # shuffle keys across ranks before the key encoder (MoCo Sec. 3.3); no-op in one process
+
+
 class MoCo(Method):
     VIEWS = ("mocov2", "mocov2")
+    Config = MocoConfig
 
-    def __init__(self, encoder: nn.Module, feat_dim: int, cfg: MethodConfig, num_samples: int):
+    def __init__(self, encoder: nn.Module, feat_dim: int, cfg, num_samples: int):
         super().__init__(encoder, feat_dim, cfg, num_samples)
         c = cfg.moco
         self.head = moco_head(feat_dim, c.hidden, c.dim)
         self.encoder_k = frozen_copy(encoder)
         self.head_k = frozen_copy(self.head)
         add_ring(self, "queue", c.queue, num_samples, c.dim, ptr="queue_ptr")  # (K, D) negatives
+
+    def allows_sync_bn(self) -> bool:
+        # Global BN statistics would undo what shuffling the keys across ranks is for (MoCo, Sec. 3.3).
+        return not self.cfg.moco.shuffle_bn
 
     def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         c = self.cfg.moco

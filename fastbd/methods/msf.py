@@ -8,20 +8,32 @@ target, the strong (MoCo v2) view to the online network; one direction, not symm
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..dist import all_gather_cat
 from ..losses import msf_loss
-from .base import Method, MethodConfig
+from .base import Method
 from .blocks import add_byol_heads, add_ring, ema_update, fifo_enqueue
+
+
+@dataclass
+class MsfConfig:
+    dim: int = 128
+    hidden: int = 1024
+    bank: int = 128000  # memory bank size; capped to the training set size
+    topk: int = 10  # nearest neighbours of the target embedding
+    momentum: float = 0.99  # target EMA
 
 
 class MSF(Method):
     VIEWS = ("weak", "mocov2")  # view 0 -> target, view 1 -> online
+    Config = MsfConfig
 
-    def __init__(self, encoder: nn.Module, feat_dim: int, cfg: MethodConfig, num_samples: int):
+    def __init__(self, encoder: nn.Module, feat_dim: int, cfg, num_samples: int):
         super().__init__(encoder, feat_dim, cfg, num_samples)
         c = cfg.msf
         add_byol_heads(self, feat_dim, c.hidden, c.dim)

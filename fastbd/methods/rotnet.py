@@ -7,11 +7,13 @@ pooled features predicts which rotation it sees.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Method, MethodConfig
+from .base import Method
 
 
 def rotate_all(x: torch.Tensor, rotations: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,10 +31,16 @@ def rotate_all(x: torch.Tensor, rotations: int) -> tuple[torch.Tensor, torch.Ten
     return out, labels
 
 
+@dataclass
+class RotnetConfig:
+    rotations: int = 4  # 0, 90, 180, 270 degrees
+
+
 class RotNet(Method):
     VIEWS = ("geometric",)
+    Config = RotnetConfig
 
-    def __init__(self, encoder: nn.Module, feat_dim: int, cfg: MethodConfig, num_samples: int):
+    def __init__(self, encoder: nn.Module, feat_dim: int, cfg, num_samples: int):
         super().__init__(encoder, feat_dim, cfg, num_samples)
         if cfg.rotnet.rotations not in (2, 4):
             raise ValueError(f"method.rotnet.rotations must be 2 or 4, got {cfg.rotnet.rotations}")

@@ -6,12 +6,14 @@ ranks' projections join as extra negatives (the reference gathers across TPU cor
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from ..dist import all_gather_cat, rank, world_size
 from ..losses import nt_xent
-from .base import Method, MethodConfig
+from .base import Method
 from .blocks import mlp
 
 
@@ -25,10 +27,18 @@ def other_ranks(z: torch.Tensor) -> torch.Tensor | None:
     return zs[keep].flatten(0, 1)
 
 
+@dataclass
+class SimclrConfig:
+    dim: int = 128
+    hidden: int = 2048
+    temperature: float = 0.2
+
+
 class SimCLR(Method):
     VIEWS = ("simclr", "simclr")
+    Config = SimclrConfig
 
-    def __init__(self, encoder: nn.Module, feat_dim: int, cfg: MethodConfig, num_samples: int):
+    def __init__(self, encoder: nn.Module, feat_dim: int, cfg, num_samples: int):
         super().__init__(encoder, feat_dim, cfg, num_samples)
         c = cfg.simclr
         self.head = mlp(feat_dim, c.hidden, c.dim)
