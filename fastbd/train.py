@@ -6,14 +6,17 @@
 The trainer owns the loop, AMP (bf16 autocast, or fp16 with a grad scaler), channels_last, optional
 torch.compile, DDP, the per-step LR schedule, checkpoints (plain dicts, atomic), resume (exact at epoch
 granularity: model, optimiser, scaler, step, RNG; the loader's order and augmentation are pure functions
-of seed, epoch and step), metrics.jsonl and the final safetensors export. A NaN/inf loss stops the run
-with a clear message; the last good checkpoint stays.
+of seed, epoch and step), metrics.jsonl and the final safetensors export. The host reads the device only
+every `log_every` steps and at the end of each epoch, so a step never waits for the GPU; the NaN/inf check
+runs there, over every step's loss since the last read, and stops the run with a clear message before a
+checkpoint could be overwritten: the last good checkpoint stays.
 Reference numbers and hardware: README, "Benchmarks" (benchmarks/train_throughput.py).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 import sys
 import time
@@ -112,6 +115,8 @@ class Trainer:
                              "samples; lower it or set data.drop_last=false")
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.epoch, self.step = 0, 0
+        self._pending: list[torch.Tensor] = []  # losses of the steps since the host last read the device
+        self._losses: list[float] = []  # this epoch's losses, read
         self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.info.main)
         self._prepare_folder(resume)
 
@@ -161,22 +166,48 @@ class Trainer:
         self.epoch, self.step = int(ck["epoch"]), int(ck["step"])
         _set_rng_state(ck["rng"], self.device)
 
-    def _train_step(self, views: list[torch.Tensor]) -> tuple[float, dict]:
+    def _train_step(self, views: list[torch.Tensor]) -> tuple[float, torch.Tensor, dict]:
+        """One optimizer step; returns (lr, the loss as a device tensor, the method's logs). Nothing here
+        reads a tensor on the host, so the CPU can queue the next step while the GPU still runs this one."""
         lr = lr_at(self.cfg.optim, self.base_lr, self.step, self.steps_per_epoch, self.total_steps)
         for g in self.opt.param_groups:
             g["lr"] = lr
         with autocast(self.device, self.amp_dtype):
             loss, logs = self.model(views)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"loss is {loss.item()} at epoch {self.epoch}, step {self.step}; the last good "
-                                   f"checkpoint is {self.out / 'ckpt' / 'last.pt'} (try a lower optim.lr)")
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.opt)
         self.scaler.update()
         self.step += 1
         self.method.after_step(self.step / self.total_steps)
-        return lr, logs
+        return lr, loss.detach(), logs
+
+    def _step(self, views: list[torch.Tensor], bar) -> None:
+        """A training step, plus every `log_every` steps the one host sync: the metrics line and the NaN check."""
+        lr, loss, logs = self._train_step(views)
+        self._pending.append(loss)
+        if bar:
+            bar.update(1)
+        if self.step % self.cfg.log_every == 0:
+            logs = self._sync(logs)
+            self.metrics.write(kind="step", epoch=self.epoch, step=self.step, lr=lr, **logs)
+            if bar:
+                bar.set_postfix(loss=f"{self._losses[-1]:.4f}")
+
+    def _sync(self, logs: dict | None = None) -> dict:
+        """Read the losses of the steps since the last sync, and `logs`, off the device in one transfer; stop
+        at the first non-finite loss. Runs before every checkpoint, so a diverged run never overwrites one."""
+        tensors = {k: v for k, v in (logs or {}).items() if torch.is_tensor(v)}
+        n, pending = len(self._pending), [*self._pending, *tensors.values()]
+        values = torch.stack([t.float() for t in pending]).tolist() if pending else []
+        first = self.step - n  # the 0-based index of the first pending step
+        for i, v in enumerate(values[:n]):
+            if not math.isfinite(v):
+                raise TrainingDiverged(f"loss is {v} at epoch {self.epoch}, step {first + i}; the last good "
+                                       f"checkpoint is {self.out / 'ckpt' / 'last.pt'} (try a lower optim.lr)")
+        self._losses += values[:n]
+        self._pending = []
+        return {**(logs or {}), **dict(zip(tensors, values[n:]))}
 
     def _done(self) -> bool:
         return bool(self.cfg.max_steps) and self.step >= self.cfg.max_steps
@@ -195,23 +226,19 @@ class Trainer:
 
     def _run_epoch(self) -> None:
         self.loader.set_epoch(self.epoch)
-        t0, seen, losses = time.perf_counter(), 0, []
+        t0, seen = time.perf_counter(), 0
+        self._pending, self._losses = [], []
         bar = _progress(len(self.loader), f"epoch {self.epoch}", self.info.main)
         for batch in self.loader:
-            lr, logs = self._train_step(batch.views)
+            self._step(batch.views, bar)
             seen += batch.label.shape[0]
-            losses.append(logs.get("loss", 0.0))
-            if bar:
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            if self.step % self.cfg.log_every == 0:
-                self.metrics.write(kind="step", epoch=self.epoch, step=self.step, lr=lr, **logs)
             if self._done():
                 break
         if bar:
             bar.close()
+        self._sync()
         dt = time.perf_counter() - t0
-        loss = all_reduce_mean(sum(losses) / max(1, len(losses)), self.device)
+        loss = all_reduce_mean(sum(self._losses) / max(1, len(self._losses)), self.device)
         ips = seen * self.info.world / max(dt, 1e-9)
         self.metrics.write(kind="epoch", epoch=self.epoch, step=self.step, loss=loss, img_per_s=ips, seconds=dt)
         if self.info.main and not bar:

@@ -11,6 +11,8 @@ from fastbd.config import load_config
 from fastbd.runs import load_checkpoint, load_encoder_state, read_metrics
 from fastbd.train import TrainConfig, Trainer, TrainingDiverged, train
 
+from conftest import no_host_sync
+
 TINY_TRAIN = ["epochs=2", "data.batch_size=16", "data.res=32", "data.workers=0", "data.backend=torch",
               "model.small_input=true", "method.moco.hidden=64", "method.moco.dim=32", "method.moco.queue=64",
               "log_every=1"]
@@ -94,6 +96,44 @@ def test_nan_loss_stops_with_a_clear_message(tiny_build, tmp_path):
     t = Trainer(cfg_for(tiny_build, tmp_path / "run", "optim.lr=1e30", "method.moco.temperature=1e-30"))
     with pytest.raises(TrainingDiverged, match="last good checkpoint"):
         t.fit()
+
+
+def test_a_diverged_run_is_caught_at_the_next_sync_and_keeps_its_checkpoint(tiny_build, tmp_path):
+    """With log_every beyond the epoch, the NaN check runs at the epoch's end, over every step since the
+    last read, and names the first bad step; the checkpoint of the last good epoch is untouched."""
+    train(cfg_for(tiny_build, tmp_path / "run", "max_steps=3"))
+    ckpt = tmp_path / "run" / "ckpt" / "last.pt"
+    before = ckpt.read_bytes()
+    t = Trainer(cfg_for(tiny_build, tmp_path / "run", "log_every=100", "optim.lr=1e30",
+                        "method.moco.temperature=1e-30"), resume=True)
+    # step 3's loss is huge but finite; the update it makes is not, so step 4 is the first non-finite one
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at epoch 1, step 4; the last good checkpoint is .*last.pt"):
+        t.fit()
+    assert ckpt.read_bytes() == before
+
+
+def test_the_step_never_waits_for_the_device_between_log_steps(tiny_build, tmp_path, monkeypatch):
+    """Only every log_every steps (and at an epoch's end) may the host read a tensor: the other steps run
+    with .item(), .tolist(), .cpu(), .numpy() and bool()/float()/int() of any tensor raising."""
+    with no_host_sync(), pytest.raises(AssertionError, match="host sync"):
+        bool(torch.ones(1) > 0)  # the trap works
+    guarded = []
+
+    def step(self, views, bar):
+        if (self.step + 1) % self.cfg.log_every:
+            guarded.append(self.step)
+            with no_host_sync():
+                return Trainer._step.__wrapped__(self, views, bar)
+        return Trainer._step.__wrapped__(self, views, bar)
+
+    step.__wrapped__ = Trainer._step
+    monkeypatch.setattr(Trainer, "_step", step)
+    out = train(cfg_for(tiny_build, tmp_path / "run", "log_every=4", "max_steps=5"))
+    assert guarded == [0, 1, 2, 4]
+    rows = read_metrics(out)
+    [logged] = [r for r in rows if r["kind"] == "step"]
+    assert logged["step"] == 4 and isinstance(logged["loss"], float) and 0 <= logged["acc"] <= 1
+    assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == [0, 1]
 
 
 def _free_port() -> int:

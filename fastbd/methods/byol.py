@@ -47,13 +47,13 @@ class BYOL(Method):
     def views_for(cls, cfg) -> tuple[str, ...]:
         return ("byol_a", "byol_b") if cfg.byol.asymmetric else cls.VIEWS
 
-    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
         # One forward per view, like the reference: BN statistics are per view, not over both.
         p1, p2 = (self.predictor(self.projector(self.encoder(v))) for v in views[:2])
         with torch.no_grad():
             z1, z2 = (self.projector_t(self.encoder_t(v)) for v in views[:2])
         loss = byol_loss(p1, z2) + byol_loss(p2, z1)
-        return loss, {"loss": loss.item(), "tau": self.tau}
+        return loss, {"loss": loss.detach(), "tau": self.tau}
 
     # tau travels with the checkpoint, so the first logged value after a resume is the right one.
     def get_extra_state(self) -> dict:

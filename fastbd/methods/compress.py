@@ -65,7 +65,7 @@ class CompRess(Method):
         self.teacher.eval()  # frozen: BN statistics of the teacher never move
         return self
 
-    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
         x = views[0]
         s = F.normalize(self.head(self.encoder(x)), dim=1)
         with torch.no_grad():
@@ -76,7 +76,7 @@ class CompRess(Method):
         ptr = self.bank_ptr.clone()
         fifo_enqueue(self.bank_t, ptr, t_all)
         fifo_enqueue(self.bank_s, self.bank_ptr, m_all)
-        return loss, {"loss": loss.item()}
+        return loss, {"loss": loss.detach()}
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:

@@ -107,7 +107,7 @@ class Jigsaw(Method):
         self.head = nn.Sequential(nn.Linear(n_tiles * feat_dim, c.hidden), nn.ReLU(inplace=True),
                                   nn.Linear(c.hidden, c.permutations))
 
-    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
         c = self.cfg.jigsaw
         x = views[0]
         tiles = cut_tiles(x, c.grid)
@@ -125,4 +125,4 @@ class Jigsaw(Method):
         logits = self.head(feats)
         loss = F.cross_entropy(logits, label)
         acc = (logits.detach().argmax(1) == label).float().mean()
-        return loss, {"loss": loss.item(), "acc": acc.item()}
+        return loss, {"loss": loss.detach(), "acc": acc}

@@ -73,7 +73,7 @@ class MoCo(Method):
         # Global BN statistics would undo what shuffling the keys across ranks is for (MoCo, Sec. 3.3).
         return not self.cfg.moco.shuffle_bn
 
-    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
         c = self.cfg.moco
         q = F.normalize(self.head(self.encoder(views[0])), dim=1)
         with torch.no_grad():
@@ -84,7 +84,7 @@ class MoCo(Method):
         loss, logits = info_nce(q, k, self.queue.clone(), c.temperature, return_logits=True)
         fifo_enqueue(self.queue, self.queue_ptr, all_gather_cat(k))
         acc = (logits.detach().argmax(1) == 0).float().mean()
-        return loss, {"loss": loss.item(), "acc": acc.item()}
+        return loss, {"loss": loss.detach(), "acc": acc}
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:

@@ -39,14 +39,14 @@ class MSF(Method):
         add_byol_heads(self, feat_dim, c.hidden, c.dim)
         add_ring(self, "bank", c.bank, num_samples, c.dim, ptr="bank_ptr")  # (K, D) target embeddings
 
-    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
         q = self.predictor(self.projector(self.encoder(views[1])))
         with torch.no_grad():
             t = F.normalize(self.projector_t(self.encoder_t(views[0])), dim=1)
         # Neighbours come from the bank as it was before this batch, plus each sample's own target.
         loss = msf_loss(q, t, self.bank.clone(), self.cfg.msf.topk)
         fifo_enqueue(self.bank, self.bank_ptr, all_gather_cat(t))
-        return loss, {"loss": loss.item()}
+        return loss, {"loss": loss.detach()}
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:

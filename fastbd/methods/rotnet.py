@@ -46,9 +46,9 @@ class RotNet(Method):
             raise ValueError(f"method.rotnet.rotations must be 2 or 4, got {cfg.rotnet.rotations}")
         self.classifier = nn.Linear(feat_dim, cfg.rotnet.rotations)
 
-    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
         x, y = rotate_all(views[0], self.cfg.rotnet.rotations)
         logits = self.classifier(self.encoder(x))
         loss = F.cross_entropy(logits, y)
         acc = (logits.detach().argmax(1) == y).float().mean()
-        return loss, {"loss": loss.item(), "acc": acc.item()}
+        return loss, {"loss": loss.detach(), "acc": acc}

@@ -43,9 +43,9 @@ class SimCLR(Method):
         c = cfg.simclr
         self.head = mlp(feat_dim, c.hidden, c.dim)
 
-    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
         n = views[0].shape[0]
         # Both views in one pass: the reference encodes the 2N batch together (one set of BN statistics).
         z = self.head(self.encoder(torch.cat(views[:2], 0)))
         loss = nt_xent(z[:n], z[n:], self.cfg.simclr.temperature, other_ranks(z))
-        return loss, {"loss": loss.item()}
+        return loss, {"loss": loss.detach()}
