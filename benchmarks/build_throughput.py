@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import resource
 import shutil
@@ -29,6 +28,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from beton_builders import build, load_spec  # noqa: E402
+from beton_builders.host import cores  # noqa: E402
 from beton_builders.poison import paste, place, placement_rng, select_poison  # noqa: E402
 from beton_builders.process import RESIZE_FILTER, _val_transform, stored_size  # noqa: E402
 from beton_builders.sources import ImageFolderSource  # noqa: E402
@@ -135,7 +135,7 @@ def main() -> None:
                      "reference_core_ms_per_img": 1e3 * c_ref / n_ref,
                      "fastbd_core_ms_per_img": 1e3 * c_fast / n_fast})
         print(json.dumps(rows[-1]), flush=True)
-    hw = {"cpu": platform.processor() or platform.machine(), "cores": len(os.sched_getaffinity(0)),
+    hw = {"cpu": platform.processor() or platform.machine(), "cores": cores(),
           "python": platform.python_version(), "pillow": Image.__version__}
     result = {"benchmark": "build_throughput", "hardware": hw, "source": "synthetic ~500x375 JPEG q92",
               "rows": rows}

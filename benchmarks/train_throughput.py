@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import resource
 import shutil
@@ -30,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from beton_builders import build, load_spec  # noqa: E402
+from beton_builders.host import cores  # noqa: E402
 from fastbd.config import load_config  # noqa: E402
 from fastbd.train import Trainer, TrainConfig  # noqa: E402
 
@@ -124,7 +124,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=10 if gpu else 1)
     ap.add_argument("--images", type=int, default=20000 if gpu else 600)
     ap.add_argument("--max-resolution", type=int, default=256)
-    ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--workers", type=int, default=cores())
     args = ap.parse_args()
     out = Path(args.out)
     data = make_data(out, args.images, args.max_resolution)
@@ -147,7 +147,7 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
             rows.append(row)
     hw = {"device": torch.cuda.get_device_name(0) if gpu else f"CPU ({platform.processor() or platform.machine()})",
-          "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__}
+          "cores": cores(), "torch": torch.__version__}
     (out / "train_throughput.json").write_text(json.dumps({"hardware": hw, "args": vars(args), "rows": rows},
                                                           indent=1) + "\n")
     md = _table(rows, args.backends)

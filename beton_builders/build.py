@@ -21,11 +21,9 @@ import hashlib
 import importlib
 import multiprocessing as mp
 import os
-import shutil
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -35,6 +33,7 @@ from . import manifest as mf
 from .config import ConfigError, to_dict
 from .dali_writer import ShardWriter
 from .ffcv_writer import write_beton
+from .files import staged_folder, write_json
 from .host import cores, fastbd_version
 from .poison import select_poison
 from .process import RESIZE_FILTER, Result, Task, init_worker, run_chunk
@@ -129,35 +128,15 @@ def build(spec: PoisonSpec, out: str | Path, force: bool = False,
         raise BuildError(f"output {out} already exists; pass --force to replace it")
     if out.exists() and not out.is_dir():
         raise BuildError(f"output {out} exists and is not a folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.partial-*"):
-        shutil.rmtree(stale, ignore_errors=True)  # left by an interrupted earlier build
-    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        t0 = time.perf_counter()
+    t0 = time.perf_counter()
+    with staged_folder(out) as tmp:
         manifest, timings = _build_into(spec, tmp, log)
-        mf.write_json_atomic(tmp / "manifest.json", manifest)
+        write_json(tmp / "manifest.json", manifest)
         timings["total_s"] = time.perf_counter() - t0
-        mf.write_json_atomic(tmp / "build_log.json", {"timings": timings, "workers": _workers(spec),
-                                                      "host": os.uname().nodename})
-        _swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json(tmp / "build_log.json", {"timings": timings, "workers": _workers(spec), "host": os.uname().nodename})
     log(f"wrote {out} ({manifest['counts']['train_total']} train, {manifest['counts']['val']} val, "
         f"{manifest['counts']['train_poisoned']} poisoned) in {timings['total_s']:.1f} s")
     return manifest
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
 
 
 def _workers(spec: PoisonSpec) -> int:

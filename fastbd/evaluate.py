@@ -17,8 +17,6 @@ Outputs in RUN/eval/: report.json, report.md, conf_matrix.csv, conf_matrix_{clea
 from __future__ import annotations
 
 import io
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -29,6 +27,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms as T
 
+from beton_builders.files import atomic_write_bytes, save_npy, write_json
+from beton_builders.host import cap_workers
 from beton_builders.manifest import load_manifest
 from fastbd.data.base import IMAGENET_MEAN, IMAGENET_STD
 from fastbd.data.samples import TarSamples
@@ -85,9 +85,8 @@ class _CentreCrops(torch.utils.data.Dataset):
 def _torch_batches(folder: Path, split: str, indices: Optional[np.ndarray], cfg: EvalConfig, resize: int):
     samples = TarSamples(folder, split)
     idx = np.arange(len(samples)) if indices is None else np.asarray(indices)
-    workers = min(cfg.workers, len(os.sched_getaffinity(0)))  # never more processes than cores
     yield from torch.utils.data.DataLoader(_CentreCrops(samples, idx, cfg.res, resize), batch_size=cfg.batch_size,
-                                           num_workers=workers)
+                                           num_workers=cap_workers(cfg.workers))
 
 
 def _ffcv_batches(folder: Path, split: str, indices: Optional[np.ndarray], cfg: EvalConfig, resize: int):
@@ -102,7 +101,7 @@ def _ffcv_batches(folder: Path, split: str, indices: Optional[np.ndarray], cfg: 
     pipes = {f: None for f in Reader(path).field_names}
     pipes["image"] = [CenterCropRGBImageDecoder((cfg.res, cfg.res), cfg.res / resize), ToTensor(), ToTorchImage()]
     pipes["label"] = [IntDecoder(), ToTensor(), Squeeze(1)]
-    loader = Loader(path, batch_size=cfg.batch_size, num_workers=min(cfg.workers, len(os.sched_getaffinity(0))),
+    loader = Loader(path, batch_size=cfg.batch_size, num_workers=cap_workers(cfg.workers),
                     order=OrderOption.SEQUENTIAL, drop_last=False, indices=indices, pipelines=pipes)
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
@@ -197,7 +196,7 @@ def train_probe_augmented(net, folder: Path, subset: np.ndarray, stats: tuple[to
 
     rrc = Recipe(scale_min=0.08, jitter_p=0.0, gray_p=0.0, blur_p=0.0)  # torchvision RRC defaults + flip
     bs = min(cfg.probe.batch_size, len(subset))
-    loader = TorchLoader(folder, subset, [rrc], cfg.res, bs, min(cfg.workers, len(os.sched_getaffinity(0))),
+    loader = TorchLoader(folder, subset, [rrc], cfg.res, bs, cap_workers(cfg.workers),
                          device, cfg.seed, drop_last=False)
     g = torch.Generator().manual_seed(cfg.seed)
     lin, opt, sched = _probe_parts(stats[0].numel(), num_classes, cfg.probe, g)
@@ -228,7 +227,6 @@ def knn_predict(bank: torch.Tensor, bank_y: torch.Tensor, q: torch.Tensor, k: in
 def evaluate(cfg: EvalConfig, run: Optional[Path] = None, checkpoint: Optional[Path] = None, log=print) -> dict:
     """Evaluate one encoder on one build; writes the eval folder and returns report.json's content."""
     from fastbd import metrics as M
-    from fastbd.runs import atomic_write_bytes
 
     if (run is None) == (checkpoint is None):
         raise ValueError("give exactly one of --run RUN_DIR or --checkpoint FILE")
@@ -267,12 +265,12 @@ def evaluate(cfg: EvalConfig, run: Optional[Path] = None, checkpoint: Optional[P
         pred = knn_predict(xtr, ytr, xva, k, len(classes))
         report[f"knn_k{k}_lf{lf:g}_top1"] = float((pred == yva).float().mean())
     out.mkdir(parents=True, exist_ok=True)
-    np.save(out / "labelled_indices.npy", subset)  # the exact probe labels, for provenance
+    save_npy(out / "labelled_indices.npy", subset)  # the exact probe labels, for provenance
     M.save_matrices(out, cm_clean, cm_patched)
     M.write_conf_matrix_csv(out / "conf_matrix.csv", cm_clean, cm_patched, classes)
     M.heatmap_png(out / "conf_matrix_poisoned.png", cm_patched, classes, "patched validation", target)
     row = {"model": enc_meta.get("method", "encoder"), **report[proto],
            "knn_top1": report.get(f"knn_k{cfg.knn_k[0]}_lf{lf:g}_top1") if cfg.knn_k else None}
     atomic_write_bytes(out / "report.md", (M.report_markdown([row]) + "\n").encode())
-    atomic_write_bytes(out / "report.json", (json.dumps(report, indent=1) + "\n").encode())
+    write_json(out / "report.json", report)
     return report

@@ -48,12 +48,12 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from beton_builders.files import atomic_write_bytes, save_npy
 
 __all__ = [
     "confusion_matrix",
@@ -170,25 +170,6 @@ def attack_metrics(cm_clean, cm_patched, target: int | None) -> dict:
 # ----------------------------------------------------------------------------- files
 
 
-def _atomic_write(path, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
-
-
 def _csv_text(s) -> str:
     # the reference swaps commas for semicolons so a plain split(",") still works
     return str(s).replace(",", ";").replace("\n", " ").replace("\r", " ")
@@ -227,7 +208,7 @@ def write_conf_matrix_csv(path, cm_clean, cm_patched, class_names: Sequence[str]
     for c in range(num_classes):
         lines.append(f"{_csv_text(class_names[c])},{c},{_count(tp_c[c])},{_count(fp_c[c])},,"
                      f"{_count(tp_p[c])},{_count(fp_p[c])}")
-    return _atomic_write(path, ("\n".join(lines) + "\n").encode("utf-8"))
+    return atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
 
 
 def read_conf_matrix_csv(path) -> list[list[str]]:
@@ -239,12 +220,8 @@ def read_conf_matrix_csv(path) -> list[list[str]]:
 def save_matrices(folder, cm_clean, cm_patched) -> tuple[Path, Path]:
     """Write ``conf_matrix_clean.npy`` and ``conf_matrix_poisoned.npy`` into ``folder``."""
     folder = Path(folder)
-    paths = []
-    for name, cm in (("conf_matrix_clean.npy", cm_clean), ("conf_matrix_poisoned.npy", cm_patched)):
-        buf = io.BytesIO()
-        np.save(buf, np.asarray(cm), allow_pickle=False)
-        paths.append(_atomic_write(folder / name, buf.getvalue()))
-    return paths[0], paths[1]
+    return (save_npy(folder / "conf_matrix_clean.npy", cm_clean),
+            save_npy(folder / "conf_matrix_poisoned.npy", cm_patched))
 
 
 # ----------------------------------------------------------------------------- heatmap
@@ -395,7 +372,7 @@ def heatmap_png(path, cm, class_names: Sequence[str] | None = None, title: str =
 
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=True)
-    return _atomic_write(path, buf.getvalue())
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 # ----------------------------------------------------------------------------- report

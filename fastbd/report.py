@@ -17,7 +17,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from fastbd.runs import atomic_write
+from beton_builders.files import atomic_write, atomic_write_bytes
 
 Row = dict[str, Any]
 
@@ -60,11 +60,6 @@ def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
         return None, None
     arr = np.asarray(values, dtype=float)
     return float(arr.mean()), (float(arr.std(ddof=1)) if len(arr) >= 2 else None)
-
-
-def _write_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
 def defense_label(defense: str | None, clean_fraction: float | None) -> str:
@@ -240,6 +235,6 @@ def write_report(out_dir: Path, rows: Sequence[Row], title: str, rate_label: str
     """Write summary.csv, summary.md and plots/ under out_dir (each file atomically); return their paths."""
     out_dir = Path(out_dir)
     rows = list(rows)
-    written = [_write_text(out_dir / "summary.csv", summary_csv(rows)),
-               _write_text(out_dir / "summary.md", summary_markdown(rows, title))]
+    written = [atomic_write_bytes(out_dir / "summary.csv", summary_csv(rows).encode()),
+               atomic_write_bytes(out_dir / "summary.md", summary_markdown(rows, title).encode())]
     return written + plot_rates(rows, out_dir / "plots", rate_label)

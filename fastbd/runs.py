@@ -7,44 +7,27 @@
     RUN/ckpt/last.pt         plain-dict checkpoint, loadable with torch.load(weights_only=True)
     RUN/encoder.safetensors  the trained backbone; RUN/encoder.json its metadata
 Loading an encoder (`load_encoder`, also foreign MoCo/BYOL/torchvision checkpoints) sits beside saving one.
-Every file is written to a temporary name and renamed, so a crash never leaves a torn file.
+Every file is written to a temporary name and renamed (beton_builders/files.py), so a crash never leaves a
+torn file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import subprocess
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
+from beton_builders.files import atomic_write, atomic_write_bytes, write_json
 from fastbd import __version__
 from fastbd.models import ModelConfig, make_backbone
 
 
-def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
-    """Call `write(tmp)` on a temporary name next to `path`, then rename it over `path`: readers never see a
-    half-written file, and a failed write leaves no temporary behind."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda p: p.write_bytes(data))
-
-
 def atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda p: torch.save(obj, p))
 
 
@@ -106,7 +89,7 @@ def export_encoder(run: Path, encoder: torch.nn.Module, meta: dict) -> Path:
 
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
     atomic_write_bytes(run / "encoder.safetensors", st_save(state, metadata={"fastbd": json.dumps(meta)}))
-    atomic_write_bytes(run / "encoder.json", (json.dumps(meta, indent=1) + "\n").encode())
+    write_json(run / "encoder.json", meta)
     return run / "encoder.safetensors"
 
 

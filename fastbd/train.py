@@ -33,8 +33,8 @@ from fastbd.dist import all_reduce_mean, init_distributed
 from fastbd.methods import MethodConfig, make_method
 from fastbd.models import ModelConfig, make_backbone
 from fastbd.optim import OptimConfig, lr_at, make_optimizer
-from fastbd.runs import (MetricsLog, atomic_torch_save, atomic_write_bytes, export_encoder, load_checkpoint,
-                         run_meta)
+from beton_builders.files import atomic_write_bytes, save_npy, write_json
+from fastbd.runs import MetricsLog, atomic_torch_save, export_encoder, load_checkpoint, run_meta
 
 
 @dataclass
@@ -145,10 +145,9 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(self.out / "config.yaml", to_yaml(self.cfg).encode())
             meta = run_meta(self.cfg.data.path, self.info.world)
-            atomic_write_bytes(self.out / "meta.json", (json.dumps(meta, indent=1) + "\n").encode())
+            write_json(self.out / "meta.json", meta)
             if self.cfg.data.clean_fraction is not None:  # the distillation subset, for provenance
-                import numpy as np
-                np.save(self.out / "clean_subset.npy", self.loader.sample_indices)
+                save_npy(self.out / "clean_subset.npy", self.loader.sample_indices)
 
     def _save(self) -> None:
         if not self.info.main:

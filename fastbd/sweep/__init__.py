@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from beton_builders.files import atomic_write_bytes
 from fastbd.config import to_yaml
 from fastbd.report import METRIC_KEYS, write_report
-from fastbd.runs import atomic_write_bytes
 from fastbd.sweep.plan import SweepConfig, load_sweep, make_plan
 from fastbd.sweep.stages import build_one, load_plan, read_json, run_one, run_state, write_json
 

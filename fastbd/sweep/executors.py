@@ -22,6 +22,7 @@ from collections import deque
 from pathlib import Path
 from typing import Callable
 
+from beton_builders.host import cores
 from fastbd.sweep.plan import LocalConfig, SlurmConfig
 from fastbd.sweep.stages import build_one, read_json, run_one, write_json
 
@@ -60,7 +61,7 @@ def _env(slot: str | None, n_slots: int) -> dict:
         env["CUDA_VISIBLE_DEVICES"] = slot
     else:  # CPU runs side by side share the cores instead of each taking them all
         env["CUDA_VISIBLE_DEVICES"] = ""
-        env.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // n_slots)))
+        env.setdefault("OMP_NUM_THREADS", str(max(1, cores() // n_slots)))
     return env
 
 

@@ -21,16 +21,11 @@ import traceback
 from pathlib import Path
 from typing import Callable, Optional
 
+from beton_builders.files import atomic_write_bytes, write_json
 from fastbd.config import from_dict, load_config, to_dict, to_yaml
-from fastbd.runs import atomic_write_bytes
 from fastbd.sweep.plan import _without, digest
 
 MARKER = ".fastbd_stage.json"
-
-
-def write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, default=str) + "\n").encode())
 
 
 def read_json(path: Path, default=None):
