@@ -29,7 +29,7 @@ from torchvision import transforms as T
 
 from beton_builders.files import atomic_write_bytes, save_npy, write_json
 from beton_builders.host import cap_workers
-from beton_builders.manifest import load_manifest
+from beton_builders.manifest import clean_pool, load_manifest
 from fastbd.data.base import IMAGENET_MEAN, IMAGENET_STD
 from fastbd.data.samples import TarSamples
 from fastbd.device import amp_mode, autocast, pick_device
@@ -135,13 +135,12 @@ def labelled_subset(manifest: dict, labels: np.ndarray, fraction: float, seed: i
     """Class-balanced, seeded indices into train.beton's clean part, never an image that was poisoned
     at any rate (its clean copy is left out too, so no probe label ever sees a poisoning candidate)."""
     n_clean = manifest["counts"]["train_clean"]
-    banned = {p["clean_index"] for p in manifest["poisoned"]}
+    pool = clean_pool(manifest)
     rng = np.random.default_rng([seed, 0x1AB])
     out = []
     for c in np.unique(labels[:n_clean]):
-        pool = np.array([i for i in np.flatnonzero(labels[:n_clean] == c) if i not in banned])
         k = max(1, int(round(fraction * (labels[:n_clean] == c).sum())))
-        out.extend(rng.permutation(pool)[:k].tolist())
+        out.extend(rng.permutation(pool[labels[pool] == c])[:k].tolist())
     return np.sort(np.asarray(out, np.int64))
 
 

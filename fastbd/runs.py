@@ -13,7 +13,6 @@ torn file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import subprocess
@@ -22,6 +21,7 @@ from typing import Optional
 
 import torch
 
+from beton_builders import manifest as mf
 from beton_builders.files import atomic_write, atomic_write_bytes, write_json
 from fastbd import __version__
 from fastbd.models import ModelConfig, make_backbone
@@ -44,8 +44,8 @@ def git_info() -> dict:
 
 
 def run_meta(data_folder: str, world: int) -> dict:
-    manifest = Path(data_folder) / "manifest.json"
-    m = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    folder = Path(data_folder)
+    m = mf.load_manifest(folder) if mf.built(folder) else None
     return {
         "fastbd_version": __version__,
         "git": git_info(),
@@ -54,9 +54,9 @@ def run_meta(data_folder: str, world: int) -> dict:
         "host": platform.node(),
         "world_size": world,
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "data": {"path": str(Path(data_folder).resolve()),
-                 "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest() if m else None,
-                 "source_fingerprint": m.get("source", {}).get("fingerprint")},
+        "data": {"path": str(folder.resolve()),
+                 "manifest_sha256": mf.sha256_file(folder / "manifest.json") if m else None,
+                 "source_fingerprint": m["source"]["fingerprint"] if m else None},
     }
 
 

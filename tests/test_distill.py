@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from beton_builders import load_manifest
+from beton_builders.manifest import clean_subset
 from fastbd.cli import app
-from fastbd.data.samples import clean_subset
 from fastbd.losses import compress_loss
 from fastbd.methods import MethodConfig, make_method
 from fastbd.models import ModelConfig, make_backbone

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from beton_builders.files import atomic_write_bytes
+from beton_builders.manifest import built, load_manifest, poisoned_count
+from beton_builders.spec import RATE_UNITS
 from fastbd.config import to_yaml
 from fastbd.report import METRIC_KEYS, write_report
 from fastbd.sweep.plan import SweepConfig, load_sweep, make_plan
@@ -85,7 +87,7 @@ def sweep(cfg: SweepConfig, executor: str = "local", dry_run: bool = False, limi
     plan = make_plan(cfg)
     root = Path(plan["root"])
     states = {r["id"]: run_state(r) for r in plan["runs"]}
-    builds_todo = [b for b, v in plan["builds"].items() if not (Path(v["dir"]) / "manifest.json").is_file()]
+    builds_todo = [b for b, v in plan["builds"].items() if not built(v["dir"])]
     for line in _plan_lines(plan, states, builds_todo):
         log(line)
     todo = [r["id"] for r in plan["runs"] if states[r["id"]] != "done"]
@@ -117,10 +119,6 @@ def sweep(cfg: SweepConfig, executor: str = "local", dry_run: bool = False, limi
         held.close()
 
 
-RATE_UNITS = {"target_fraction": "fraction of the target class", "dataset_fraction": "fraction of the data",
-              "count": "images"}
-
-
 # ----- results ------------------------------------------------------------------------------------------------
 
 def _variants(run: dict) -> list[tuple[str, Optional[float], list[dict]]]:
@@ -132,10 +130,10 @@ def _variants(run: dict) -> list[tuple[str, Optional[float], list[dict]]]:
 
 
 def _poisoned_count(build_dir: Path, rate: float) -> Optional[int]:
-    if rate == 0:
-        return 0
-    m = read_json(build_dir / "manifest.json")
-    return next((int(e["count"]) for e in (m or {}).get("rates", []) if abs(e["rate"] - rate) < 1e-12), None)
+    """None while the build is not there (yet)."""
+    if not built(build_dir):
+        return 0 if rate == 0 else None
+    return poisoned_count(load_manifest(build_dir), rate)
 
 
 def _row(run: dict, build: dict, defense: str, cf: Optional[float], ecfg: dict, status: dict) -> dict:

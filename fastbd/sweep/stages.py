@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from beton_builders.files import atomic_write_bytes, write_json
+from beton_builders.manifest import built
 from fastbd.config import from_dict, load_config, to_dict, to_yaml
 from fastbd.sweep.plan import _without, digest
 
@@ -150,7 +151,7 @@ def run_one(sweep_dir: str | Path, run_id: str, nproc: int = 1, log: Callable[[s
     try:
         for bid in dict.fromkeys([run["build"], *run["attacks"]]):
             d = Path(plan["builds"][bid]["dir"])
-            if not (d / "manifest.json").is_file():
+            if not built(d):
                 err = d.with_suffix(".error.txt")
                 raise FileNotFoundError(f"dataset {d} was not built" + (f"; see {err}" if err.exists() else ""))
         redone: set[str] = set()  # train/distill folders (re)trained in this call: what reads them reruns
@@ -186,7 +187,7 @@ def build_one(sweep_dir: str | Path, build_id: str, log: Callable[[str], None] =
     b = load_plan(sweep_dir)["builds"][build_id]
     out = Path(b["dir"])
     err = out.with_suffix(".error.txt")
-    if (out / "manifest.json").is_file():
+    if built(out):
         return True
     try:
         spec = validate(from_dict(PoisonSpec, b["spec"], f"build {build_id}"))
