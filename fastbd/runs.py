@@ -1,8 +1,8 @@
 """Run folders: a run describes itself.
 
     RUN/config.yaml          the fully resolved config
-    RUN/meta.json            git SHA (and whether the tree was dirty), versions, host, world size,
-                             the data folder's manifest sha256 and source fingerprint
+    RUN/meta.json            `environment()`: git SHA (and whether the tree was dirty), versions, host,
+                             GPUs; world size, the data folder's manifest sha256 and source fingerprint
     RUN/metrics.jsonl        append-only, one JSON object per log line (rank 0 only)
     RUN/ckpt/last.pt         plain-dict checkpoint, loadable with torch.load(weights_only=True)
     RUN/encoder.safetensors  the trained backbone; RUN/encoder.json its metadata
@@ -43,17 +43,28 @@ def git_info() -> dict:
     return {"sha": sha or None, "dirty": dirty}
 
 
+def environment() -> dict:
+    """Versions and hardware: recorded in every run's meta.json and with every sweep invocation."""
+    import importlib.metadata as md
+
+    def version(dist: str) -> str | None:
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            return None
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {"fastbd_version": __version__, "git": git_info(), "python": platform.python_version(),
+            "host": platform.node(), "torch": torch.__version__, "cuda": torch.version.cuda, "gpus": gpus,
+            "cuda_device": gpus[0] if gpus else None,
+            **{p: version(p) for p in ("torchvision", "numpy", "ffcv", "nvidia-dali-cuda130", "submitit")}}
+
+
 def run_meta(data_folder: str, world: int) -> dict:
     folder = Path(data_folder)
     m = mf.load_manifest(folder) if mf.built(folder) else None
     return {
-        "fastbd_version": __version__,
-        "git": git_info(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "host": platform.node(),
+        **environment(),
         "world_size": world,
-        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "data": {"path": str(folder.resolve()),
                  "manifest_sha256": mf.sha256_file(folder / "manifest.json") if m else None,
                  "source_fingerprint": m["source"]["fingerprint"] if m else None},

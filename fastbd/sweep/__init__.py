@@ -22,7 +22,6 @@ the paper's sweep on one H100.
 from __future__ import annotations
 
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -33,30 +32,11 @@ from beton_builders.manifest import built, load_manifest, poisoned_count
 from beton_builders.spec import RATE_UNITS
 from fastbd.config import to_yaml
 from fastbd.report import METRIC_KEYS, write_report
+from fastbd.runs import environment
 from fastbd.sweep.plan import SweepConfig, load_sweep, make_plan
 from fastbd.sweep.stages import build_one, load_plan, read_json, run_one, run_state, write_json
 
 __all__ = ["SweepConfig", "load_sweep", "make_plan", "sweep", "collect_rows", "report", "run_one", "build_one"]
-
-
-def environment() -> dict:
-    """Versions and hardware, recorded with every sweep invocation."""
-    import importlib.metadata as md
-
-    import torch
-
-    from fastbd import __version__
-    from fastbd.runs import git_info
-
-    def ver(p):
-        try:
-            return md.version(p)
-        except md.PackageNotFoundError:
-            return None
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    return {"fastbd": __version__, "git": git_info(), "python": platform.python_version(), "host": platform.node(),
-            "torch": torch.__version__, "cuda": torch.version.cuda, "gpus": gpus,
-            **{p: ver(p) for p in ("torchvision", "numpy", "ffcv", "nvidia-dali-cuda130", "submitit")}}
 
 
 def _plan_lines(plan: dict, states: dict[str, str], builds_todo: list[str]) -> list[str]:
