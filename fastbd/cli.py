@@ -162,7 +162,7 @@ def compare(runs: List[Path] = typer.Argument(..., help="run folders that have b
     """Print the clean-vs-poisoned table (accuracy, target FP, ASR, NFP, kNN) of evaluated runs."""
     import json
 
-    from fastbd.metrics import report_markdown
+    from fastbd.report import report_markdown
 
     rows = []
     for r in runs:

@@ -226,6 +226,7 @@ def knn_predict(bank: torch.Tensor, bank_y: torch.Tensor, q: torch.Tensor, k: in
 def evaluate(cfg: EvalConfig, run: Optional[Path] = None, checkpoint: Optional[Path] = None, log=print) -> dict:
     """Evaluate one encoder on one build; writes the eval folder and returns report.json's content."""
     from fastbd import metrics as M
+    from fastbd.report import heatmap_png, report_markdown
 
     if (run is None) == (checkpoint is None):
         raise ValueError("give exactly one of --run RUN_DIR or --checkpoint FILE")
@@ -267,9 +268,9 @@ def evaluate(cfg: EvalConfig, run: Optional[Path] = None, checkpoint: Optional[P
     save_npy(out / "labelled_indices.npy", subset)  # the exact probe labels, for provenance
     M.save_matrices(out, cm_clean, cm_patched)
     M.write_conf_matrix_csv(out / "conf_matrix.csv", cm_clean, cm_patched, classes)
-    M.heatmap_png(out / "conf_matrix_poisoned.png", cm_patched, classes, "patched validation", target)
+    heatmap_png(out / "conf_matrix_poisoned.png", cm_patched, classes, "patched validation", target)
     row = {"model": enc_meta.get("method", "encoder"), **report[proto],
            "knn_top1": report.get(f"knn_k{cfg.knn_k[0]}_lf{lf:g}_top1") if cfg.knn_k else None}
-    atomic_write_bytes(out / "report.md", (M.report_markdown([row]) + "\n").encode())
+    atomic_write_bytes(out / "report.md", (report_markdown([row]) + "\n").encode())
     write_json(out / "report.json", report)
     return report

@@ -9,7 +9,7 @@ runs the package files `a/__init__.py` and `a/b/__init__.py`, so those count for
 3. Evaluation, and the defense's method, never import the trainer. `fastbd/distill.py` is exempt by design:
    it is the distillation defense's preset of a *training* config, run by the one Trainer.
 4. Nothing in the library imports the CLI.
-And no module imports itself through others (no import cycle).
+And no module imports itself through others (no import cycle), and no file is over 400 lines.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from __future__ import annotations
 import ast
 from functools import lru_cache
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("beton_builders", "fastbd")
@@ -139,3 +141,8 @@ def test_no_import_cycles():
         if not colour.get(m):
             visit(m, [m])
     assert cycles == []
+@pytest.mark.parametrize("folder", ["beton_builders", "fastbd", "benchmarks", "tests"])
+def test_no_file_is_over_400_lines(folder):
+    long = {str(f.relative_to(ROOT)): n for f in sorted((ROOT / folder).rglob("*.py"))
+            if (n := len(f.read_text().splitlines())) > 400}
+    assert long == {}
