@@ -203,10 +203,10 @@ def sweep_cmd(
 @app.command("report")
 def report_cmd(sweep_dir: Path = typer.Argument(..., help="a `fastbd sweep` folder")) -> None:
     """Write SWEEP/summary.csv, summary.md and plots/ from the runs finished so far."""
-    from fastbd.sweep import report
+    from fastbd.sweep import report_sweep
 
     try:
-        report(sweep_dir, log=typer.echo)
+        report_sweep(sweep_dir, log=typer.echo)
     except (FileNotFoundError, KeyError) as e:
         _fail(e)
 

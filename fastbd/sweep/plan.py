@@ -137,7 +137,7 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "_", s).strip("_")[:40] or "x"
 
 
-def _without(d: dict, *paths: str) -> dict:
+def without(d: dict, *paths: str) -> dict:
     """A deep copy of `d` with the dotted `paths` removed (the parts of a config that name folders)."""
     d = json.loads(json.dumps(d, default=str))
     for p in paths:
@@ -215,7 +215,7 @@ def _training_identity(cfg: SweepConfig, build: dict, rate: float) -> dict:
     the same bytes in every trigger/target build of one source (the trigger, target and poisoning seed only
     choose and paint the poisoned copies), so with grid.share_clean it is one run evaluated on every pair."""
     if rate == 0 and cfg.grid.share_clean:
-        return {"clean": _without(build["spec"], "name", "trigger", "attack", "seed")}
+        return {"clean": without(build["spec"], "name", "trigger", "attack", "seed")}
     return {"build": build["spec"]}
 
 
@@ -232,7 +232,7 @@ def make_plan(cfg: SweepConfig) -> dict:
     for method, rate, seed, pair in product(cfg.grid.methods, cfg.grid.rates, cfg.grid.seeds, builds):
         b = builds[pair]
         train = _train_cfg(cfg, method, b, rate, seed)
-        rid = digest({**_training_identity(cfg, b, rate), "train": _without(to_dict(train), "out", "data.path")})
+        rid = digest({**_training_identity(cfg, b, rate), "train": without(to_dict(train), "out", "data.path")})
         if rid in runs:
             if rate == 0 and cfg.grid.share_clean and b["id"] not in runs[rid]["attacks"]:
                 runs[rid]["attacks"].append(b["id"])

@@ -24,7 +24,7 @@ from typing import Callable, Optional
 from beton_builders.files import atomic_write_bytes, write_json
 from beton_builders.manifest import built
 from fastbd.config import from_dict, load_config, to_dict, to_yaml
-from fastbd.sweep.plan import _without, digest
+from fastbd.sweep.plan import digest, without
 
 MARKER = ".fastbd_stage.json"
 
@@ -51,11 +51,11 @@ def find_run(plan: dict, run_id: str) -> dict:
 
 def _train_hash(cfg: dict) -> str:
     # folders are not part of a stage's identity (the sweep folder may move); the teacher is the run's own
-    return digest(_without(cfg, "out", "data.path", "method.compress.teacher"))
+    return digest(without(cfg, "out", "data.path", "method.compress.teacher"))
 
 
 def _eval_hash(entry: dict) -> str:
-    return digest([_without(entry["cfg"], "out", "data"), entry["build"]])  # the build: which trigger/target
+    return digest([without(entry["cfg"], "out", "data"), entry["build"]])  # the build: which trigger/target
 
 
 def stage_done(folder: Path, h: str) -> bool:
@@ -205,9 +205,11 @@ def build_one(sweep_dir: str | Path, build_id: str, log: Callable[[str], None] =
 def main(argv: Optional[list[str]] = None) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m fastbd.sweep", description="run one run of a sweep")
-    ap.add_argument("sweep_dir")
-    ap.add_argument("run_id")
+    ap = argparse.ArgumentParser(prog="python -m fastbd.sweep",
+                                 description="Run every pending stage of one run of a sweep (what the local "
+                                             "executor spawns); the result is in SWEEP_DIR/runs/RUN_ID/status.json.")
+    ap.add_argument("sweep_dir", help="a `fastbd sweep` folder (holds plan.json)")
+    ap.add_argument("run_id", help="the run's id, as listed by `fastbd sweep --dry-run` and in plan.json")
     ap.add_argument("--nproc", type=int, default=1, help="GPUs for this run's training (torchrun when > 1)")
     a = ap.parse_args(argv)
     log = lambda s: print(s, flush=True)
