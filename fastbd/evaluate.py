@@ -41,12 +41,12 @@ from fastbd.runs import load_encoder
 class ProbeConfig:
     kind: str = "cached"  # cached: train on centre-crop features (fast) | augmented: the reference's RRC + flip each epoch
     label_fraction: float = 0.01  # of the clean training set, class-balanced (paper: 0.01 and 0.1)
-    epochs: int = 40
+    epochs: int = 40  # passes over the labelled set
     lr: float = 0.01  # at batch 256
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 1e-4  # SGD L2 penalty coefficient
     milestones: list[int] = field(default_factory=lambda: [15, 30])  # epochs, lr x0.1 at each
-    batch_size: int = 256
+    batch_size: int = 256  # labelled images per probe step
 
 
 @dataclass
@@ -58,10 +58,10 @@ class EvalConfig:
     batch_size: int = 256  # feature extraction
     backend: str = "torch"  # feature extraction: torch (PIL, reads the tar shards) | ffcv (the .beton, CPU threads)
     workers: int = 4  # DataLoader processes / FFCV threads
-    device: str = "auto"
+    device: str = "auto"  # auto (cuda if available) | cuda | cpu
     amp: str = "auto"  # auto (bf16 on cuda) | bf16 | fp16 | none
     seed: int = 0  # label-fraction draw and probe training
-    knn_k: list[int] = field(default_factory=lambda: [1, 50])
+    knn_k: list[int] = field(default_factory=lambda: [1, 50])  # neighbours per kNN accuracy (cosine, majority vote)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     model: ModelConfig = field(default_factory=ModelConfig)  # for --checkpoint files without metadata
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from beton_builders.files import atomic_write_bytes, save_npy, write_json
 from fastbd.config import to_dict, to_yaml
 from fastbd.data import DataConfig, make_loader
 from fastbd.device import amp_mode, autocast, pick_device
@@ -33,18 +34,17 @@ from fastbd.dist import all_reduce_mean, init_distributed
 from fastbd.methods import MethodConfig, make_method
 from fastbd.models import ModelConfig, make_backbone
 from fastbd.optim import OptimConfig, lr_at, make_optimizer
-from beton_builders.files import atomic_write_bytes, save_npy, write_json
 from fastbd.runs import MetricsLog, atomic_torch_save, export_encoder, load_checkpoint, run_meta
 
 
 @dataclass
 class TrainConfig:
     out: str = "runs/default"  # run folder
-    epochs: int = 200
+    epochs: int = 200  # passes over the training set
     seed: int = 0  # model init, data order, augmentation
     device: str = "auto"  # auto (cuda if available) | cuda | cpu
     amp: str = "auto"  # auto (bf16 on cuda, off on cpu) | bf16 | fp16 | none
-    channels_last: bool = True
+    channels_last: bool = True  # NHWC memory format for the convolutions (faster on tensor cores)
     compile: bool = False  # torch.compile the method (slow first steps, faster after)
     sync_bn: bool = True  # under DDP on GPUs: SyncBatchNorm (not for MoCo while method.moco.shuffle_bn is on)
     ckpt_every: int = 1  # epochs between checkpoints (the last epoch always writes one)

@@ -53,7 +53,7 @@ class MocoConfig:
     hidden: int = 2048  # MLP head hidden width (MoCo v2: 2048 for ResNet-50; 512 = backbone width for ResNet-18)
     queue: int = 65536  # negatives; capped to the training set size
     momentum: float = 0.999  # key-encoder EMA
-    temperature: float = 0.2
+    temperature: float = 0.2  # InfoNCE softmax temperature (MoCo v2: 0.2)
     shuffle_bn: bool = True  # shuffle keys across ranks before the key encoder (MoCo Sec. 3.3); no-op in one process
 
 

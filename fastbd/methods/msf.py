@@ -22,8 +22,8 @@ from .blocks import add_byol_heads, add_ring, ema_update, fifo_enqueue
 
 @dataclass
 class MsfConfig:
-    dim: int = 128
-    hidden: int = 1024
+    dim: int = 128  # projection output
+    hidden: int = 1024  # projector and predictor hidden width, with BN
     bank: int = 128000  # memory bank size; capped to the training set size
     topk: int = 10  # nearest neighbours of the target embedding
     momentum: float = 0.99  # target EMA

@@ -29,9 +29,9 @@ def other_ranks(z: torch.Tensor) -> torch.Tensor | None:
 
 @dataclass
 class SimclrConfig:
-    dim: int = 128
-    hidden: int = 2048
-    temperature: float = 0.2
+    dim: int = 128  # projection output
+    hidden: int = 2048  # projection head hidden width, with BN
+    temperature: float = 0.2  # NT-Xent softmax temperature
 
 
 class SimCLR(Method):

@@ -52,9 +52,9 @@ class LocalConfig:
 
 @dataclass
 class SlurmConfig:
-    partition: Optional[str] = None
-    account: Optional[str] = None
-    qos: Optional[str] = None
+    partition: Optional[str] = None  # SLURM partition (None: the cluster's default)
+    account: Optional[str] = None  # SLURM account to charge
+    qos: Optional[str] = None  # SLURM quality of service
     time: int = 720  # minutes per run
     gpus_per_run: int = 1  # >1: torchrun inside the job
     cpus_per_gpu: int = 16  # cpus-per-task = gpus_per_run x this (the data loaders' CPU share)
@@ -62,7 +62,7 @@ class SlurmConfig:
     array_parallelism: int = 64  # array tasks running at once
     build_time: int = 240  # minutes per dataset build
     build_cpus: int = 32  # cores per dataset build (decode, paste, encode in parallel)
-    build_mem_gb: int = 64
+    build_mem_gb: int = 64  # per dataset build
     max_requeue: int = 3  # requeues after preemption or timeout (a requeued run resumes from its checkpoint)
     setup: list[str] = field(default_factory=list)  # shell lines run before each task, e.g. "source .venv/bin/activate"
     additional: dict[str, str] = field(default_factory=dict)  # extra #SBATCH options, e.g. {constraint: h100}
@@ -70,7 +70,7 @@ class SlurmConfig:
 
 @dataclass
 class SweepConfig:
-    name: str = "sweep"
+    name: str = "sweep"  # free text: the report's title and the SLURM job names
     out: str = "sweeps/default"  # sweep folder
     poison: str = "???"  # poison spec YAML, the base of every build; relative to the sweep file
     poison_overrides: list[str] = field(default_factory=list)  # key=value on every build
