@@ -30,7 +30,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from . import manifest as mf
-from .config import ConfigError, to_dict
+from .config import ConfigError, UserError, to_dict
 from .dali_writer import ShardWriter
 from .ffcv_writer import write_beton
 from .files import staged_folder, write_json
@@ -44,7 +44,7 @@ from .triggers import make_trigger
 CHUNK = 16  # samples per worker task: small enough to balance, large enough to amortise IPC
 
 
-class BuildError(RuntimeError):
+class BuildError(UserError, RuntimeError):
     """An image or output problem that stops the build; the message names the file."""
 
 

@@ -4,6 +4,6 @@ The compiler needs the same strict loader but may import nothing of `fastbd/` (t
 test_architecture.py), so the one implementation sits there and this module re-exports it.
 """
 
-from beton_builders.config import ConfigError, from_dict, load_config, to_dict, to_yaml
+from beton_builders.config import ConfigError, UserError, describe, from_dict, load_config, to_dict, to_yaml
 
-__all__ = ["ConfigError", "from_dict", "load_config", "to_dict", "to_yaml"]
+__all__ = ["ConfigError", "UserError", "describe", "from_dict", "load_config", "to_dict", "to_yaml"]

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from beton_builders.files import atomic_write_bytes, save_npy, write_json
-from fastbd.config import to_dict, to_yaml
+from fastbd.config import UserError, to_dict, to_yaml
 from fastbd.data import DataConfig, make_loader
 from fastbd.device import amp_mode, autocast, pick_device
 from fastbd.dist import all_reduce_mean, init_distributed
@@ -56,7 +56,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """The loss became NaN or infinite."""
 
 

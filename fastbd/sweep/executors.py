@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Callable
 
 from beton_builders.host import cores
+from fastbd.config import UserError
 from fastbd.sweep.plan import LocalConfig, SlurmConfig
 from fastbd.sweep.stages import build_one, read_json, run_one, write_json
 
 
-class SweepLocked(RuntimeError):
+class SweepLocked(UserError, RuntimeError):
     """Another `fastbd sweep` is running on the same folder."""
 
 
