@@ -17,6 +17,7 @@ Outputs in RUN/eval/: report.json, report.md, conf_matrix.csv, conf_matrix_{clea
 from __future__ import annotations
 
 import io
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -230,6 +231,10 @@ def evaluate(cfg: EvalConfig, run: Optional[Path] = None, checkpoint: Optional[P
 
     if (run is None) == (checkpoint is None):
         raise ValueError("give exactly one of --run RUN_DIR or --checkpoint FILE")
+    t0 = time.perf_counter()
+
+    def phase(what: str) -> None:  # one progress line per phase: eval is minutes on ImageNet-100
+        log(f"[eval] {what} ({time.perf_counter() - t0:.0f} s)")
     folder = Path(cfg.data)
     manifest = load_manifest(folder)
     out = Path(cfg.out) if cfg.out else (run / "eval" if run else Path(checkpoint).with_suffix("").parent / "eval")
@@ -240,10 +245,13 @@ def evaluate(cfg: EvalConfig, run: Optional[Path] = None, checkpoint: Optional[P
     target = manifest["target"]["index"] if manifest["target"] else None
     train_labels = TarSamples(folder, "train").label
     subset = labelled_subset(manifest, train_labels, cfg.probe.label_fraction, cfg.seed)
-    log(f"[eval] features: {len(subset)} labelled train, val, val_poisoned")
+    phase(f"features of {len(subset)} labelled train images")
     xtr, ytr = extract(net, folder, "train", subset, cfg, device)
+    phase("features of val")
     xva, yva = extract(net, folder, "val", None, cfg, device)
+    phase("features of val_poisoned")
     xvp, yvp = extract(net, folder, "val_poisoned", None, cfg, device)
+    phase(f"linear probe ({cfg.probe.kind}, {cfg.probe.epochs} epochs)")
     ntr, nva, nvp = normalise(xtr, xva, xvp)
     if cfg.probe.kind == "augmented":
         probe = train_probe_augmented(net, folder, subset, feature_stats(xtr), len(classes), cfg, device)
@@ -261,6 +269,8 @@ def evaluate(cfg: EvalConfig, run: Optional[Path] = None, checkpoint: Optional[P
               "manifest_fingerprint": manifest["source"]["fingerprint"], "label_fraction": lf,
               "labelled_indices": len(subset),
               proto: M.attack_metrics(cm_clean, cm_patched, target)}
+    if cfg.knn_k:
+        phase(f"kNN, k = {', '.join(map(str, cfg.knn_k))}")
     for k in cfg.knn_k:
         pred = knn_predict(xtr, ytr, xva, k, len(classes))
         report[f"knn_k{k}_lf{lf:g}_top1"] = float((pred == yva).float().mean())
@@ -273,4 +283,5 @@ def evaluate(cfg: EvalConfig, run: Optional[Path] = None, checkpoint: Optional[P
            "knn_top1": report.get(f"knn_k{cfg.knn_k[0]}_lf{lf:g}_top1") if cfg.knn_k else None}
     atomic_write_bytes(out / "report.md", (report_markdown([row]) + "\n").encode())
     write_json(out / "report.json", report)
+    phase(f"wrote {out}")
     return report
