@@ -4,6 +4,7 @@
     RUN/meta.json            `environment()`: git SHA (and whether the tree was dirty), versions, host,
                              GPUs; world size, the data folder's manifest sha256 and source fingerprint
     RUN/metrics.jsonl        append-only, one JSON object per log line (rank 0 only)
+    RUN/tb/                  the same numbers as TensorBoard events, with tensorboard=true
     RUN/ckpt/last.pt         plain-dict checkpoint, loadable with torch.load(weights_only=True)
     RUN/encoder.safetensors  the trained backbone; RUN/encoder.json its metadata
 Loading an encoder (`load_encoder`, also foreign MoCo/BYOL/torchvision checkpoints) sits beside saving one.
@@ -72,10 +73,15 @@ def run_meta(data_folder: str, world: int) -> dict:
 
 
 class MetricsLog:
-    """Append-only JSON lines; a resumed run keeps appending to the same file."""
+    """Append-only JSON lines; a resumed run keeps appending to the same file.
 
-    def __init__(self, path: Path, enabled: bool = True):
+    With `tensorboard`, every number of a row also goes to RUN/tb as the scalar `<kind>/<name>` at its step
+    (torch's SummaryWriter, imported only then, needs the `tensorboard` package: the [tensorboard] extra).
+    Without the package the run goes on with metrics.jsonl alone, and says so once."""
+
+    def __init__(self, path: Path, enabled: bool = True, tensorboard: bool = False, log=print):
         self.path, self.enabled = path, enabled
+        self.tb = _summary_writer(path.parent / "tb", log) if enabled and tensorboard else None
 
     def write(self, **row) -> None:
         if not self.enabled:
@@ -83,6 +89,27 @@ class MetricsLog:
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
+        if self.tb is not None:
+            for k, v in row.items():
+                if k not in ("kind", "epoch", "step") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.tb.add_scalar(f"{row.get('kind', 'metrics')}/{k}", v, row.get("step", 0))
+            if row.get("kind") == "epoch":
+                self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
+
+
+def _summary_writer(folder: Path, log):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log("tensorboard=true: the tensorboard package is not installed (pip install tensorboard, or "
+            "pip install -e '.[tensorboard]'); writing metrics.jsonl only")
+        return None
+    return SummaryWriter(log_dir=str(folder))
 
 
 def read_metrics(run: str | Path) -> list[dict]:

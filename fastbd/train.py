@@ -50,6 +50,7 @@ class TrainConfig:
     ckpt_every: int = 1  # epochs between checkpoints (the last epoch always writes one)
     log_every: int = 20  # steps between metrics.jsonl lines
     max_steps: int = 0  # stop after this many steps in total (0: full schedule); smoke tests, benchmarks
+    tensorboard: bool = False  # also write the metrics as TensorBoard events in RUN/tb (the [tensorboard] extra)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
@@ -117,8 +118,9 @@ class Trainer:
         self.epoch, self.step = 0, 0
         self._pending: list[torch.Tensor] = []  # losses of the steps since the host last read the device
         self._losses: list[float] = []  # this epoch's losses, read
-        self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.info.main)
         self._prepare_folder(resume)
+        self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.info.main, tensorboard=cfg.tensorboard,
+                                  log=self.log)  # after the folder check: the TensorBoard writer makes RUN/tb
 
     def _views(self) -> list[str]:
         from fastbd.methods import METHODS
@@ -214,11 +216,14 @@ class Trainer:
     def fit(self) -> Path:
         cfg = self.cfg
         self.method.train()
-        while self.epoch < cfg.epochs and not self._done():
-            self._run_epoch()
-            self.epoch += 1
-            if self.epoch % cfg.ckpt_every == 0 or self.epoch == cfg.epochs or self._done():
-                self._save()
+        try:
+            while self.epoch < cfg.epochs and not self._done():
+                self._run_epoch()
+                self.epoch += 1
+                if self.epoch % cfg.ckpt_every == 0 or self.epoch == cfg.epochs or self._done():
+                    self._save()
+        finally:
+            self.metrics.close()
         if self.info.main:
             self._export()
         return self.out

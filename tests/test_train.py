@@ -171,3 +171,49 @@ def test_two_process_gloo_ddp_gathers_keys(tiny_build, tmp_path):
     assert torch.equal(r0["queue"], r1["queue"])
     assert (tmp_path / "run" / "encoder.safetensors").is_file()  # rank 0 wrote
     assert [r["step"] for r in read_metrics(tmp_path / "run") if r["kind"] == "step"] == [1, 2]
+
+
+def test_tensorboard_sink_beside_metrics_jsonl(tmp_path, monkeypatch):
+    """tensorboard=true mirrors every number of metrics.jsonl as `<kind>/<name>` scalars; without the package
+    the run keeps metrics.jsonl and says how to get it."""
+    import sys
+    import types
+
+    from fastbd.runs import MetricsLog
+
+    calls = []
+
+    class Writer:
+        def __init__(self, log_dir):
+            calls.append(("open", log_dir))
+
+        def add_scalar(self, tag, value, step):
+            calls.append((tag, value, step))
+
+        def flush(self):
+            calls.append("flush")
+
+        def close(self):
+            calls.append("close")
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    m = MetricsLog(tmp_path / "metrics.jsonl", tensorboard=True)
+    m.write(kind="step", epoch=0, step=3, lr=0.1, loss=1.5, acc=0.25)
+    m.write(kind="epoch", epoch=0, step=3, loss=1.4, img_per_s=10.0, seconds=2)
+    m.close()
+    assert calls == [("open", str(tmp_path / "tb")), ("step/lr", 0.1, 3), ("step/loss", 1.5, 3),
+                     ("step/acc", 0.25, 3), ("epoch/loss", 1.4, 3), ("epoch/img_per_s", 10.0, 3),
+                     ("epoch/seconds", 2, 3), "flush", "close"]
+    assert [r["kind"] for r in read_metrics(tmp_path)] == ["step", "epoch"]
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # not installed: importing it fails
+    said = []
+    m = MetricsLog(tmp_path / "other.jsonl", tensorboard=True, log=said.append)
+    m.write(kind="step", step=1, loss=1.0)
+    assert m.tb is None and (tmp_path / "other.jsonl").is_file()
+    assert len(said) == 1 and "pip install tensorboard" in said[0]
+
+
+def test_tensorboard_events_from_a_run(tiny_build, tmp_path):
+    pytest.importorskip("tensorboard")
+    out = train(cfg_for(tiny_build, tmp_path / "run", "max_steps=2", "tensorboard=true"))
+    assert list((out / "tb").glob("events.out.tfevents.*"))
