@@ -108,14 +108,21 @@ def timed(fn):
     return n, time.perf_counter() - t0, cpu_seconds() - c0
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="bench_out")
-    ap.add_argument("--classes", type=int, default=10)
-    ap.add_argument("--train-per-class", type=int, default=200)
-    ap.add_argument("--max-resolution", type=int, nargs="+", default=[256, 512])
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--out", default="bench_out", help="folder for the source images, both builds and the results")
+    ap.add_argument("--classes", type=int, default=10, help="classes of the synthetic source")
+    ap.add_argument("--train-per-class", type=int, default=200,
+                    help="training images per class (validation: a tenth of it)")
+    ap.add_argument("--max-resolution", type=int, nargs="+", default=[256, 512],
+                    help="px, longest stored side; one row of results per value")
     ap.add_argument("--workers", type=int, default=0, help="fastbd processes (0: every core)")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = parser().parse_args()
     out = Path(args.out)
     src = make_source(out / "src", args.train_per_class, args.classes)
     rows = []

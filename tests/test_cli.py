@@ -91,3 +91,22 @@ def test_one_error_path_for_every_command(tmp_path, tiny_build):
         assert r.exit_code == 2, (args, r.output)
         assert message in r.output and r.output.startswith("error: ") and "Traceback" not in r.output, r.output
         assert len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_every_option_of_the_scripts_has_help():
+    """The benchmarks and `python -m fastbd.sweep` explain each of their options."""
+    import importlib.util
+    from pathlib import Path
+
+    from fastbd.sweep.stages import parser as sweep_parser
+
+    root = Path(__file__).resolve().parents[1]
+    parsers = {"python -m fastbd.sweep": sweep_parser()}
+    for name in ("build_throughput", "train_throughput"):
+        spec = importlib.util.spec_from_file_location(name, root / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        parsers[name] = module.parser()
+    missing = [f"{name} {a.dest}" for name, ap in parsers.items() for a in ap._actions
+               if not a.help or a.help == "==SUPPRESS=="]
+    assert missing == [] and all(len(ap._actions) > 2 for ap in parsers.values())

@@ -202,7 +202,7 @@ def build_one(sweep_dir: str | Path, build_id: str, log: Callable[[str], None] =
         return False
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def parser():
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m fastbd.sweep",
@@ -211,6 +211,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("sweep_dir", help="a `fastbd sweep` folder (holds plan.json)")
     ap.add_argument("run_id", help="the run's id, as listed by `fastbd sweep --dry-run` and in plan.json")
     ap.add_argument("--nproc", type=int, default=1, help="GPUs for this run's training (torchrun when > 1)")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    a = parser().parse_args(argv)
     log = lambda s: print(s, flush=True)
     return 0 if run_one(a.sweep_dir, a.run_id, a.nproc, log)["state"] == "done" else 1
