@@ -282,6 +282,7 @@ print(json.dumps({"rows": read_metrics(out), "config": (out / "config.yaml").rea
 '''
 
 
+@pytest.mark.slow
 def test_a_new_method_is_one_file_and_one_registry_entry(tiny_build, tmp_path):
     """A copy of the package gets methods/toy.py and two lines in the registry (its import and its entry),
     nothing else; its config section exists, takes overrides, and it trains through the one trainer."""

@@ -41,6 +41,7 @@ def test_run_folder_describes_itself(tiny_build, tmp_path):
     assert loaded.data.batch_size == 16 and loaded.method.name == "moco"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["ffcv", "dali"])
 def test_trainer_runs_on_every_backend(tiny_build, tmp_path, backend):
     pytest.importorskip({"ffcv": "ffcv", "dali": "nvidia.dali"}[backend])
@@ -78,6 +79,7 @@ def test_existing_run_folder_is_refused(tiny_build, tmp_path):
         Trainer(cfg_for(tiny_build, tmp_path / "run"))
 
 
+@pytest.mark.slow
 def test_resume_reproduces_the_uninterrupted_run(tiny_build, tmp_path):
     full = train(cfg_for(tiny_build, tmp_path / "full"))
     # stop after epoch 0 (3 steps), then resume with the full schedule
@@ -154,6 +156,7 @@ def _ddp_worker(rank, world, port, data, out, result):
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_process_gloo_ddp_gathers_keys(tiny_build, tmp_path):
     for attempt in range(3):  # a port freed by _free_port can be taken by another process before we bind it
         try:
