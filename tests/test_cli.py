@@ -63,7 +63,8 @@ def _fields_without_comments(cls, seen) -> list[str]:
 def test_every_config_field_carries_its_unit_in_a_comment():
     """The project's rule, checked on every config a command loads (recipes and sweep entries included)."""
     seen: set = set()
-    assert [m for c in (TrainConfig, EvalConfig, PoisonSpec, SweepConfig) for m in _fields_without_comments(c, seen)] == []
+    configs = (TrainConfig, EvalConfig, PoisonSpec, SweepConfig)
+    assert [m for c in configs for m in _fields_without_comments(c, seen)] == []
 
 
 def test_config_shows_overrides_and_names_bad_keys(tmp_path):

@@ -109,7 +109,8 @@ def test_a_diverged_run_is_caught_at_the_next_sync_and_keeps_its_checkpoint(tiny
     t = Trainer(cfg_for(tiny_build, tmp_path / "run", "log_every=100", "optim.lr=1e30",
                         "method.moco.temperature=1e-30"), resume=True)
     # step 3's loss is huge but finite; the update it makes is not, so step 4 is the first non-finite one
-    with pytest.raises(TrainingDiverged, match=r"loss is nan at epoch 1, step 4; the last good checkpoint is .*last.pt"):
+    with pytest.raises(TrainingDiverged,
+                       match=r"loss is nan at epoch 1, step 4; the last good checkpoint is .*ckpt/last\.pt"):
         t.fit()
     assert ckpt.read_bytes() == before
 
