@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import resource
 import shutil
@@ -29,6 +28,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from beton_builders import build, load_spec  # noqa: E402
+from beton_builders.host import cores  # noqa: E402
 from beton_builders.poison import paste, place, placement_rng, select_poison  # noqa: E402
 from beton_builders.process import RESIZE_FILTER, _val_transform, stored_size  # noqa: E402
 from beton_builders.sources import ImageFolderSource  # noqa: E402
@@ -108,14 +108,21 @@ def timed(fn):
     return n, time.perf_counter() - t0, cpu_seconds() - c0
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="bench_out")
-    ap.add_argument("--classes", type=int, default=10)
-    ap.add_argument("--train-per-class", type=int, default=200)
-    ap.add_argument("--max-resolution", type=int, nargs="+", default=[256, 512])
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--out", default="bench_out", help="folder for the source images, both builds and the results")
+    ap.add_argument("--classes", type=int, default=10, help="classes of the synthetic source")
+    ap.add_argument("--train-per-class", type=int, default=200,
+                    help="training images per class (validation: a tenth of it)")
+    ap.add_argument("--max-resolution", type=int, nargs="+", default=[256, 512],
+                    help="px, longest stored side; one row of results per value")
     ap.add_argument("--workers", type=int, default=0, help="fastbd processes (0: every core)")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = parser().parse_args()
     out = Path(args.out)
     src = make_source(out / "src", args.train_per_class, args.classes)
     rows = []
@@ -135,7 +142,7 @@ def main() -> None:
                      "reference_core_ms_per_img": 1e3 * c_ref / n_ref,
                      "fastbd_core_ms_per_img": 1e3 * c_fast / n_fast})
         print(json.dumps(rows[-1]), flush=True)
-    hw = {"cpu": platform.processor() or platform.machine(), "cores": len(os.sched_getaffinity(0)),
+    hw = {"cpu": platform.processor() or platform.machine(), "cores": cores(),
           "python": platform.python_version(), "pillow": Image.__version__}
     result = {"benchmark": "build_throughput", "hardware": hw, "source": "synthetic ~500x375 JPEG q92",
               "rows": rows}

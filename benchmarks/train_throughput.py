@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import resource
 import shutil
@@ -30,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from beton_builders import build, load_spec  # noqa: E402
+from beton_builders.host import cores  # noqa: E402
 from fastbd.config import load_config  # noqa: E402
 from fastbd.train import Trainer, TrainConfig  # noqa: E402
 
@@ -112,20 +112,29 @@ def _forever(loader):
         epoch += 1
 
 
+def parser() -> argparse.ArgumentParser:
+    gpu = torch.cuda.is_available()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--out", default="bench_out", help="folder for the synthetic build, scratch runs and results")
+    ap.add_argument("--methods", nargs="+", default=["moco", "byol"], help="SSL methods (method.name) to time")
+    ap.add_argument("--backends", nargs="+", default=["ffcv", "dali", "torch"],
+                    help="loader backends (data.backend); one that is not installed is reported as n/a")
+    ap.add_argument("--res", type=int, nargs="+", default=[224, 112] if gpu else [64],
+                    help="px, side of the training views; one row per method and value")
+    ap.add_argument("--batch", type=int, default=256 if gpu else 32, help="images per step")
+    ap.add_argument("--steps", type=int, default=50 if gpu else 4, help="timed steps per measurement")
+    ap.add_argument("--warmup", type=int, default=10 if gpu else 1, help="untimed steps before each measurement")
+    ap.add_argument("--images", type=int, default=20000 if gpu else 600,
+                    help="training images in the synthetic build (about 500x375 px sources)")
+    ap.add_argument("--max-resolution", type=int, default=256, help="px, longest stored side of the build")
+    ap.add_argument("--workers", type=int, default=cores(), help="decoding threads/processes (data.workers)")
+    return ap
+
+
 def main() -> None:
     gpu = torch.cuda.is_available()
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="bench_out")
-    ap.add_argument("--methods", nargs="+", default=["moco", "byol"])
-    ap.add_argument("--backends", nargs="+", default=["ffcv", "dali", "torch"])
-    ap.add_argument("--res", type=int, nargs="+", default=[224, 112] if gpu else [64])
-    ap.add_argument("--batch", type=int, default=256 if gpu else 32)
-    ap.add_argument("--steps", type=int, default=50 if gpu else 4)
-    ap.add_argument("--warmup", type=int, default=10 if gpu else 1)
-    ap.add_argument("--images", type=int, default=20000 if gpu else 600)
-    ap.add_argument("--max-resolution", type=int, default=256)
-    ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
-    args = ap.parse_args()
+    args = parser().parse_args()
     out = Path(args.out)
     data = make_data(out, args.images, args.max_resolution)
     rows = []
@@ -147,7 +156,7 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
             rows.append(row)
     hw = {"device": torch.cuda.get_device_name(0) if gpu else f"CPU ({platform.processor() or platform.machine()})",
-          "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__}
+          "cores": cores(), "torch": torch.__version__}
     (out / "train_throughput.json").write_text(json.dumps({"hardware": hw, "args": vars(args), "rows": rows},
                                                           indent=1) + "\n")
     md = _table(rows, args.backends)

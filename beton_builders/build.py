@@ -21,22 +21,20 @@ import hashlib
 import importlib
 import multiprocessing as mp
 import os
-import shutil
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 
-from fastbd import __version__
-from fastbd.config import ConfigError, to_dict
-
 from . import manifest as mf
+from .config import ConfigError, UserError, to_dict
 from .dali_writer import ShardWriter
 from .ffcv_writer import write_beton
+from .files import staged_folder, write_json
+from .host import cores, fastbd_version
 from .poison import select_poison
 from .process import RESIZE_FILTER, Result, Task, init_worker, run_chunk
 from .sources import open_source, resolve_class
@@ -46,7 +44,7 @@ from .triggers import make_trigger
 CHUNK = 16  # samples per worker task: small enough to balance, large enough to amortise IPC
 
 
-class BuildError(RuntimeError):
+class BuildError(UserError, RuntimeError):
     """An image or output problem that stops the build; the message names the file."""
 
 
@@ -55,13 +53,6 @@ def mp_context():
     PIL and numpy, never numba or torch, so forking after FFCV/numba were imported (numba warns about
     TBB then) is harmless. forkserver/spawn would re-import the caller's __main__ in every worker."""
     return mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-
-
-def default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def _log(msg: str) -> None:
@@ -137,39 +128,19 @@ def build(spec: PoisonSpec, out: str | Path, force: bool = False,
         raise BuildError(f"output {out} already exists; pass --force to replace it")
     if out.exists() and not out.is_dir():
         raise BuildError(f"output {out} exists and is not a folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.partial-*"):
-        shutil.rmtree(stale, ignore_errors=True)  # left by an interrupted earlier build
-    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        t0 = time.perf_counter()
+    t0 = time.perf_counter()
+    with staged_folder(out) as tmp:
         manifest, timings = _build_into(spec, tmp, log)
-        mf.write_json_atomic(tmp / "manifest.json", manifest)
+        write_json(tmp / "manifest.json", manifest)
         timings["total_s"] = time.perf_counter() - t0
-        mf.write_json_atomic(tmp / "build_log.json", {"timings": timings, "workers": _workers(spec),
-                                                      "host": os.uname().nodename})
-        _swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json(tmp / "build_log.json", {"timings": timings, "workers": _workers(spec), "host": os.uname().nodename})
     log(f"wrote {out} ({manifest['counts']['train_total']} train, {manifest['counts']['val']} val, "
         f"{manifest['counts']['train_poisoned']} poisoned) in {timings['total_s']:.1f} s")
     return manifest
 
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
 def _workers(spec: PoisonSpec) -> int:
-    return spec.workers or default_workers()
+    return spec.workers or cores()
 
 
 def _build_into(spec: PoisonSpec, folder: Path, log) -> tuple[dict, dict]:
@@ -208,7 +179,7 @@ def _build_into(spec: PoisonSpec, folder: Path, log) -> tuple[dict, dict]:
     n_clean = len(train.sizes) - len(poisoned)
     manifest = {
         "schema": mf.SCHEMA,
-        "fastbd_version": __version__,
+        "fastbd_version": fastbd_version(),
         # `workers` changes speed, never bytes, so it is left out and the manifest stays identical.
         "spec": {k: v for k, v in to_dict(spec).items() if k != "workers"},
         "seed": spec.seed,

@@ -11,13 +11,14 @@ Schema "fastbd.manifest/1" (keys in this order):
               passthrough
   rates       [{rate, mode, count, poisoned_indices, replaced_indices}]: the training index list for a
               rate is every clean index except `replaced_indices`, plus `poisoned_indices`
-              (use `train_indices(manifest, rate)`)
+              (use `train_indices(manifest, rate)`, or `training_set` for what a run trains on)
   poisoned    [{index, clean_index, source_index, key, label, box, box_source}] in selection order;
               box = [x, y, w, h] in stored-image pixels, box_source in the full-resolution source
   val_poisoned {source_index, label, is_target, box} lists, one entry per val_poisoned.beton sample
   skipped     [{split, source_index, key, error}]
   files       {relative path: sha256} for every output file but the manifest itself
 No timestamps or host names: the same spec, source and seed give a byte-identical manifest.
+This module owns the schema: whatever reads a manifest (loaders, eval, sweep, summary) goes through it.
 Build timings go to build_log.json, which is not hashed.
 """
 
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +41,9 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
+def built(folder: str | Path) -> bool:
+    """Whether `folder` holds a finished build (its manifest is written last, atomically)."""
+    return (Path(folder) / "manifest.json").is_file()
 
 
 def load_manifest(folder: str | Path) -> dict:
@@ -62,6 +61,39 @@ def rate_entry(manifest: dict, rate: float) -> dict:
         if abs(e["rate"] - float(rate)) < 1e-12:
             return e
     raise KeyError(f"rate {rate} not in this build; built rates: {[e['rate'] for e in manifest['rates']]}")
+
+
+def poisoned_count(manifest: dict, rate: float) -> int:
+    """How many training images carry the trigger at `rate` (0 for the clean control)."""
+    return 0 if not rate else int(rate_entry(manifest, rate)["count"])
+
+
+def clean_pool(manifest: dict) -> np.ndarray:
+    """Indices into train.beton's clean part that were never poisoned at any rate, ascending: the images a
+    probe label or a defense's clean subset may use, since their poisoned copy exists for some rate."""
+    banned = np.zeros(manifest["counts"]["train_clean"], bool)
+    banned[[p["clean_index"] for p in manifest["poisoned"]]] = True
+    return np.flatnonzero(~banned)
+
+
+def clean_subset(manifest: dict, fraction: float, seed: int) -> np.ndarray:
+    """A seeded `fraction` of the clean training images (indices into train.beton) from the never-poisoned
+    pool: the distillation defense's small clean set (Saha et al. 2022, Sec. 5)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"data.clean_fraction: {fraction} is outside (0, 1]")
+    k = max(1, int(round(fraction * manifest["counts"]["train_clean"])))
+    return np.sort(np.random.default_rng([seed, 0xC1EA]).permutation(clean_pool(manifest))[:k])
+
+
+def training_set(manifest: dict, rate: float | None, clean_fraction: float | None = None,
+                 seed: int = 0) -> np.ndarray:
+    """The indices a training run reads: with `clean_fraction`, the distillation clean subset; otherwise the
+    poison `rate`'s set (None: the largest rate built, 0: all clean)."""
+    if clean_fraction is not None:
+        return clean_subset(manifest, clean_fraction, seed)
+    if rate is None:
+        rate = max((e["rate"] for e in manifest["rates"]), default=0) or None
+    return train_indices(manifest, rate)
 
 
 def train_indices(manifest: dict, rate: float | None) -> np.ndarray:

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastbd.config import ConfigError
-
+from .config import ConfigError
 from .spec import AttackSpec, TriggerSpec, rate_label
 from .triggers import Trigger
 

@@ -11,9 +11,8 @@ import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastbd.config import ConfigError
-
 from . import synthetic
+from .config import ConfigError
 from .spec import SourceSpec
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}

@@ -14,12 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from fastbd.config import ConfigError, load_config
+from .config import ConfigError, load_config
 
 SOURCE_KINDS = ("synthetic", "imagefolder", "filelist")
 TRIGGER_KINDS = ("htba", "image", "text")
 LOCATIONS = ("random", "center", "grid3x3")
-RATE_MODES = ("target_fraction", "dataset_fraction", "count")
+# attack.rate_mode -> the unit its rates are in (how reports label a poison-rate axis)
+RATE_UNITS = {"target_fraction": "fraction of the target class", "dataset_fraction": "fraction of the data",
+              "count": "images"}
+RATE_MODES = tuple(RATE_UNITS)
 
 
 @dataclass

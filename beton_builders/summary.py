@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .files import atomic_write
 from .manifest import load_manifest, verify_files
 
 
@@ -80,8 +81,7 @@ def preview(folder: str | Path, n: int = 8, out: str | Path | None = None) -> Pa
             canvas.paste(im, (k * 130, y))
         y += max((i.height for i in r), default=0) + 4
     out = Path(out) if out else folder / "preview.png"
-    canvas.save(out)
-    return out
+    return atomic_write(out, lambda p: canvas.save(p, format="PNG"))
 
 
 def to_array(jpeg: bytes) -> np.ndarray:

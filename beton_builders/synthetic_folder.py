@@ -2,17 +2,16 @@
 
 Used by the build benchmark (both implementations then read the same files from disk) and by anyone
 who wants to look at the images or feed them to another tool. Written atomically: a temporary folder
-renamed into place.
+renamed into place (files.staged_folder).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
 from pathlib import Path
 
 from .build import mp_context
+from .files import staged_folder
+from .host import cores
 from .sources import SyntheticSource
 from .spec import SourceSpec, SyntheticSpec
 
@@ -27,21 +26,14 @@ def write_imagefolder(syn: SyntheticSpec, out: str | Path, force: bool = False, 
     if out.exists() and not force:
         raise FileExistsError(f"{out} already exists; pass --force to replace it")
     src = SyntheticSource.open(SourceSpec(kind="synthetic", synthetic=syn))
-    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    jobs = []
-    for split in ("train", "val"):
-        for name in src.classes:
-            (tmp / split / name).mkdir(parents=True, exist_ok=True)
-        for key, label in src.items(split):
-            jobs.append((src, key, str(tmp / split / src.classes[label] / f"{key.rsplit('/', 1)[1]}.jpg")))
-    try:
-        with mp_context().Pool(workers or os.cpu_count()) as pool:
+    with staged_folder(out) as tmp:
+        jobs = []
+        for split in ("train", "val"):
+            for name in src.classes:
+                (tmp / split / name).mkdir(parents=True, exist_ok=True)
+            for key, label in src.items(split):
+                jobs.append((src, key, str(tmp / split / src.classes[label] / f"{key.rsplit('/', 1)[1]}.jpg")))
+        with mp_context().Pool(workers or cores()) as pool:
             for _ in pool.imap_unordered(_write_one, jobs, chunksize=64):
                 pass
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return len(jobs)

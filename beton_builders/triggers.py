@@ -12,8 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
-from fastbd.config import ConfigError
-
+from .config import ConfigError
 from .spec import TriggerSpec
 
 

@@ -7,4 +7,6 @@ reference code UMBCvision/SSL-Backdoor). Import the pieces from a notebook:
     manifest = build(load_spec("configs/poison/demo.yaml"), "out/demo")
 """
 
-__version__ = "0.1.0"
+from beton_builders.host import fastbd_version
+
+__version__ = fastbd_version()

@@ -8,11 +8,18 @@
     fastbd eval --run runs/moco data=out/demo
     fastbd sweep --config configs/sweeps/demo.yaml [--executor slurm] [--dry-run]
     fastbd report sweeps/demo
+    fastbd config train|eval|distill|build|sweep [--config FILE] [key=value ...]   (every key, default, unit)
+    fastbd --version
+
+Every command reports a problem the user can fix the same way: one line `error: ...` naming the file or
+field on stderr, and exit code 2 (set FASTBD_DEBUG=1 to see the traceback instead).
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -22,9 +29,36 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="fastbd: fast, reproducible backdoor attacks on self-supervised learning.")
 
 
-def _fail(e: Exception) -> None:
-    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+def _version(value: bool) -> None:
+    if value:
+        from fastbd import __version__
+
+        typer.echo(f"fastbd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the installed version and exit")) -> None:
+    pass
+
+
+@contextmanager
+def _user_errors():
+    """The one error path: a problem the user can fix becomes `error: <one line>` and exit code 2. Library
+    errors of that kind are UserError (ConfigError, BuildError, TrainingDiverged, SweepLocked) or the
+    built-in kinds raised with a message naming the file or field: missing files, existing folders, bad
+    values, unknown keys, a missing optional package."""
+    from fastbd.config import UserError
+
+    try:
+        yield
+    except (UserError, FileNotFoundError, FileExistsError, ValueError, KeyError, ImportError) as e:
+        if os.environ.get("FASTBD_DEBUG"):
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e  # str(KeyError) adds quotes
+        typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command("build-beton")
@@ -35,15 +69,11 @@ def build_beton(
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. attack.rates=[0.1,0.5]"),
 ) -> None:
     """Compile a poisoned dataset: triggers baked in, FFCV and DALI files, and a manifest."""
-    from beton_builders import BuildError, build, load_spec
+    from beton_builders import build, load_spec
     from beton_builders.summary import summary
-    from fastbd.config import ConfigError
 
-    try:
-        spec = load_spec(config, overrides or [])
-        build(spec, out, force=force)
-    except (ConfigError, BuildError) as e:
-        _fail(e)
+    with _user_errors():
+        build(load_spec(config, overrides or []), out, force=force)
     typer.echo(summary(out, check=False))
 
 
@@ -56,12 +86,10 @@ def inspect(
     from beton_builders.summary import preview as draw
     from beton_builders.summary import summary
 
-    try:
+    with _user_errors():
         typer.echo(summary(folder))
         if preview:
             typer.echo(f"  preview     {draw(folder)}")
-    except (FileNotFoundError, ValueError) as e:
-        _fail(e)
 
 
 @app.command("make-synthetic")
@@ -74,13 +102,10 @@ def make_synthetic(
     """Write the built-in synthetic dataset to disk as an ImageFolder of JPEGs."""
     from beton_builders import load_spec
     from beton_builders.synthetic_folder import write_imagefolder
-    from fastbd.config import ConfigError
 
-    try:
+    with _user_errors():
         spec = load_spec(config, overrides or [])
         n = write_imagefolder(spec.source.synthetic, out, force=force, workers=spec.workers)
-    except (ConfigError, FileExistsError) as e:
-        _fail(e)
     typer.echo(f"wrote {n} images to {out}")
 
 
@@ -92,9 +117,9 @@ def train_cmd(
 ) -> None:
     """Train an SSL encoder on a compiled dataset; writes a self-describing run folder."""
     from fastbd.config import ConfigError, load_config
-    from fastbd.train import TrainConfig, TrainingDiverged, train
+    from fastbd.train import TrainConfig, train
 
-    try:
+    with _user_errors():
         if resume is not None:
             # The run's own resolved config is the base; overrides (e.g. epochs=) apply on top.
             if config is not None:
@@ -102,12 +127,7 @@ def train_cmd(
             cfg = load_config(TrainConfig, resume / "config.yaml", [*(overrides or []), f"out={resume}"])
         else:
             cfg = load_config(TrainConfig, config, overrides or [])
-        if cfg.data.path == "???":
-            raise ConfigError("data.path: required (a `fastbd build-beton` output folder)")
         out = train(cfg, resume=resume is not None)
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, KeyError, ImportError,
-            TrainingDiverged) as e:
-        _fail(e)
     typer.echo(f"run folder: {out}")
 
 
@@ -118,19 +138,12 @@ def distill_cmd(
     overrides: Optional[List[str]] = typer.Argument(None, help="data=DIR clean_fraction=0.25 out=RUN, key=value"),
 ) -> None:
     """Distil a teacher into a fresh student on a small clean subset (the paper's defense)."""
-    from fastbd.config import ConfigError
     from fastbd.distill import distill_config, teacher_arch
-    from fastbd.train import TrainingDiverged, train
+    from fastbd.train import train
 
-    try:
+    with _user_errors():
         arch, small_input = teacher_arch(teacher)
-        cfg = distill_config(teacher, arch, small_input, config, overrides or [])
-        if cfg.data.path == "???":
-            raise ConfigError("data: required (the `fastbd build-beton` folder the teacher was attacked with)")
-        out = train(cfg)
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, KeyError, ImportError,
-            TrainingDiverged) as e:
-        _fail(e)
+        out = train(distill_config(teacher, arch, small_input, config, overrides or []))
     typer.echo(f"student run folder: {out}  (evaluate it with `fastbd eval --run {out} data=...`)")
 
 
@@ -141,16 +154,11 @@ def eval_cmd(
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value, e.g. data=out/demo probe.label_fraction=0.1"),
 ) -> None:
     """Evaluate an encoder: linear probe and kNN on clean and triggered validation images."""
-    from fastbd.config import ConfigError, load_config
+    from fastbd.config import load_config
     from fastbd.evaluate import EvalConfig, evaluate
 
-    try:
-        cfg = load_config(EvalConfig, None, overrides or [])
-        if cfg.data == "???":
-            raise ConfigError("data: required (the `fastbd build-beton` folder)")
-        report = evaluate(cfg, run, checkpoint)
-    except (ConfigError, FileNotFoundError, ValueError, KeyError) as e:
-        _fail(e)
+    with _user_errors():
+        report = evaluate(load_config(EvalConfig, None, overrides or []), run, checkpoint)
     m = report[report["protocol"]]
     asr = "-" if m["asr"] is None else f"{100 * m['asr']:.1f}%"
     typer.echo(f"clean top-1 {100 * m['clean_top1']:.1f}%  patched top-1 {100 * m['patched_top1']:.1f}%  "
@@ -162,16 +170,17 @@ def compare(runs: List[Path] = typer.Argument(..., help="run folders that have b
     """Print the clean-vs-poisoned table (accuracy, target FP, ASR, NFP, kNN) of evaluated runs."""
     import json
 
-    from fastbd.metrics import report_markdown
+    from fastbd.report import report_markdown
 
     rows = []
-    for r in runs:
-        p = r / "eval" / "report.json"
-        if not p.is_file():
-            _fail(FileNotFoundError(f"{p}: run `fastbd eval --run {r} data=...` first"))
-        rep = json.loads(p.read_text())
-        knn = next((v for k, v in rep.items() if k.startswith("knn_") and k.endswith("_top1")), None)
-        rows.append({"model": r.name, **rep[rep["protocol"]], "knn_top1": knn})
+    with _user_errors():
+        for r in runs:
+            p = r / "eval" / "report.json"
+            if not p.is_file():
+                raise FileNotFoundError(f"{p}: run `fastbd eval --run {r} data=...` first")
+            rep = json.loads(p.read_text())
+            knn = next((v for k, v in rep.items() if k.startswith("knn_") and k.endswith("_top1")), None)
+            rows.append({"model": r.name, **rep[rep["protocol"]], "knn_top1": knn})
     typer.echo(report_markdown(rows))
 
 
@@ -184,15 +193,11 @@ def sweep_cmd(
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value, e.g. out=sweeps/x grid.seeds=[0,1,2]"),
 ) -> None:
     """Run a grid of experiments (build, train, eval, distill); finished runs are skipped, stopped ones resume."""
-    from fastbd.config import ConfigError
     from fastbd.sweep import load_sweep, sweep
-    from fastbd.sweep.executors import SweepLocked
 
-    try:
-        cfg = load_sweep(config, overrides or [])
-        res = sweep(cfg, executor=executor, dry_run=dry_run, limit=limit, log=typer.echo)
-    except (ConfigError, FileNotFoundError, ValueError, KeyError, ImportError, SweepLocked) as e:
-        _fail(e)
+    with _user_errors():
+        res = sweep(load_sweep(config, overrides or []), executor=executor, dry_run=dry_run, limit=limit,
+                    log=typer.echo)
     failed = [r for r, s in res["states"].items() if s == "failed" and r in res["todo"]]
     if failed and not dry_run and executor == "local":
         typer.secho(f"{len(failed)} runs failed (see summary.md); rerun the same command to retry them",
@@ -203,12 +208,39 @@ def sweep_cmd(
 @app.command("report")
 def report_cmd(sweep_dir: Path = typer.Argument(..., help="a `fastbd sweep` folder")) -> None:
     """Write SWEEP/summary.csv, summary.md and plots/ from the runs finished so far."""
-    from fastbd.sweep import report
+    from fastbd.sweep import report_sweep
 
-    try:
-        report(sweep_dir, log=typer.echo)
-    except (FileNotFoundError, KeyError) as e:
-        _fail(e)
+    with _user_errors():
+        report_sweep(sweep_dir, log=typer.echo)
+
+
+CONFIG_KINDS = ("train", "eval", "distill", "build", "sweep")
+
+
+@app.command("config")
+def config_cmd(
+    kind: str = typer.Argument(..., help="which config: train | eval | distill | build | sweep"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="a YAML file of overrides to apply first"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides to apply, e.g. data.res=112"),
+) -> None:
+    """Print a config with every key, its resolved value and its unit, as YAML (like Hydra's --cfg job)."""
+    from fastbd.config import ConfigError, describe
+
+    with _user_errors():
+        if kind not in CONFIG_KINDS:
+            raise ConfigError(f"config: {kind!r} is not one of {', '.join(CONFIG_KINDS)}")
+        defaults: list[str] = []
+        if kind in ("train", "distill"):
+            from fastbd.train import TrainConfig as cls
+            if kind == "distill":
+                from fastbd.distill import DISTILL_DEFAULTS as defaults
+        elif kind == "eval":
+            from fastbd.evaluate import EvalConfig as cls
+        elif kind == "build":
+            from beton_builders.spec import PoisonSpec as cls
+        else:
+            from fastbd.sweep.plan import SweepConfig as cls
+        typer.echo(describe(cls, config, overrides or [], defaults), nl=False)
 
 
 def main() -> None:  # pragma: no cover

@@ -17,8 +17,7 @@ Outputs in RUN/eval/: report.json, report.md, conf_matrix.csv, conf_matrix_{clea
 from __future__ import annotations
 
 import io
-import json
-import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -29,26 +28,26 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms as T
 
-from beton_builders.manifest import load_manifest
+from beton_builders.files import atomic_write_bytes, save_npy, write_json
+from beton_builders.host import cap_workers
+from beton_builders.manifest import clean_pool, load_manifest
 from fastbd.data.base import IMAGENET_MEAN, IMAGENET_STD
 from fastbd.data.samples import TarSamples
-from fastbd.models import ModelConfig, make_backbone
-from fastbd.runs import load_checkpoint, load_encoder_state
-from fastbd.train import amp_mode, autocast
-
-PREFIXES = ("module.", "encoder_q.", "encoder.", "backbone.", "base_encoder.")
+from fastbd.device import amp_mode, autocast, pick_device
+from fastbd.models import ModelConfig
+from fastbd.runs import load_encoder
 
 
 @dataclass
 class ProbeConfig:
     kind: str = "cached"  # cached: train on centre-crop features (fast) | augmented: the reference's RRC + flip each epoch
     label_fraction: float = 0.01  # of the clean training set, class-balanced (paper: 0.01 and 0.1)
-    epochs: int = 40
+    epochs: int = 40  # passes over the labelled set
     lr: float = 0.01  # at batch 256
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 1e-4  # SGD L2 penalty coefficient
     milestones: list[int] = field(default_factory=lambda: [15, 30])  # epochs, lr x0.1 at each
-    batch_size: int = 256
+    batch_size: int = 256  # labelled images per probe step
 
 
 @dataclass
@@ -60,50 +59,12 @@ class EvalConfig:
     batch_size: int = 256  # feature extraction
     backend: str = "torch"  # feature extraction: torch (PIL, reads the tar shards) | ffcv (the .beton, CPU threads)
     workers: int = 4  # DataLoader processes / FFCV threads
-    device: str = "auto"
+    device: str = "auto"  # auto (cuda if available) | cuda | cpu
     amp: str = "auto"  # auto (bf16 on cuda) | bf16 | fp16 | none
     seed: int = 0  # label-fraction draw and probe training
-    knn_k: list[int] = field(default_factory=lambda: [1, 50])
+    knn_k: list[int] = field(default_factory=lambda: [1, 50])  # neighbours per kNN accuracy (cosine, majority vote)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     model: ModelConfig = field(default_factory=ModelConfig)  # for --checkpoint files without metadata
-
-
-# ----- encoders -------------------------------------------------------------------------------------------
-
-def strip_state(state: dict) -> dict:
-    """A backbone state dict from a fastbd export, a torchvision ResNet, or a MoCo/BYOL checkpoint."""
-    for k in ("state_dict", "model"):
-        if k in state and isinstance(state[k], dict):
-            state = state[k]
-    out = {}
-    for k, v in state.items():
-        for p in PREFIXES:
-            if k.startswith(p):
-                k = k[len(p):]
-        if not k.startswith("fc.") and torch.is_tensor(v):
-            out[k] = v
-    return out
-
-
-def load_encoder(run: Optional[Path], checkpoint: Optional[Path], model: ModelConfig) -> tuple[torch.nn.Module, dict]:
-    meta: dict = {}
-    if run is not None:
-        path = run / "encoder.safetensors"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no exported encoder; did `fastbd train` finish?")
-        meta = json.loads((run / "encoder.json").read_text())
-        model = ModelConfig(arch=meta["arch"], small_input=meta.get("small_input", False))
-        state = load_encoder_state(path)
-    else:
-        path = checkpoint
-        state = load_encoder_state(path) if str(path).endswith(".safetensors") else load_checkpoint(path)
-    net, feat_dim = make_backbone(model)
-    state = strip_state(state)
-    missing, _ = net.load_state_dict(state, strict=False)
-    if missing:
-        raise ValueError(f"{path}: not a {model.arch} backbone; missing {len(missing)} weights, e.g. {missing[:3]}")
-    net.eval()
-    return net, {**meta, "arch": model.arch, "feat_dim": feat_dim, "encoder": str(path)}
 
 
 # ----- data ----------------------------------------------------------------------------------------------
@@ -125,9 +86,8 @@ class _CentreCrops(torch.utils.data.Dataset):
 def _torch_batches(folder: Path, split: str, indices: Optional[np.ndarray], cfg: EvalConfig, resize: int):
     samples = TarSamples(folder, split)
     idx = np.arange(len(samples)) if indices is None else np.asarray(indices)
-    workers = min(cfg.workers, len(os.sched_getaffinity(0)))  # never more processes than cores
     yield from torch.utils.data.DataLoader(_CentreCrops(samples, idx, cfg.res, resize), batch_size=cfg.batch_size,
-                                           num_workers=workers)
+                                           num_workers=cap_workers(cfg.workers))
 
 
 def _ffcv_batches(folder: Path, split: str, indices: Optional[np.ndarray], cfg: EvalConfig, resize: int):
@@ -142,7 +102,7 @@ def _ffcv_batches(folder: Path, split: str, indices: Optional[np.ndarray], cfg: 
     pipes = {f: None for f in Reader(path).field_names}
     pipes["image"] = [CenterCropRGBImageDecoder((cfg.res, cfg.res), cfg.res / resize), ToTensor(), ToTorchImage()]
     pipes["label"] = [IntDecoder(), ToTensor(), Squeeze(1)]
-    loader = Loader(path, batch_size=cfg.batch_size, num_workers=min(cfg.workers, len(os.sched_getaffinity(0))),
+    loader = Loader(path, batch_size=cfg.batch_size, num_workers=cap_workers(cfg.workers),
                     order=OrderOption.SEQUENTIAL, drop_last=False, indices=indices, pipelines=pipes)
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
@@ -176,13 +136,12 @@ def labelled_subset(manifest: dict, labels: np.ndarray, fraction: float, seed: i
     """Class-balanced, seeded indices into train.beton's clean part, never an image that was poisoned
     at any rate (its clean copy is left out too, so no probe label ever sees a poisoning candidate)."""
     n_clean = manifest["counts"]["train_clean"]
-    banned = {p["clean_index"] for p in manifest["poisoned"]}
+    pool = clean_pool(manifest)
     rng = np.random.default_rng([seed, 0x1AB])
     out = []
     for c in np.unique(labels[:n_clean]):
-        pool = np.array([i for i in np.flatnonzero(labels[:n_clean] == c) if i not in banned])
         k = max(1, int(round(fraction * (labels[:n_clean] == c).sum())))
-        out.extend(rng.permutation(pool)[:k].tolist())
+        out.extend(rng.permutation(pool[labels[pool] == c])[:k].tolist())
     return np.sort(np.asarray(out, np.int64))
 
 
@@ -237,7 +196,7 @@ def train_probe_augmented(net, folder: Path, subset: np.ndarray, stats: tuple[to
 
     rrc = Recipe(scale_min=0.08, jitter_p=0.0, gray_p=0.0, blur_p=0.0)  # torchvision RRC defaults + flip
     bs = min(cfg.probe.batch_size, len(subset))
-    loader = TorchLoader(folder, subset, [rrc], cfg.res, bs, min(cfg.workers, len(os.sched_getaffinity(0))),
+    loader = TorchLoader(folder, subset, [rrc], cfg.res, bs, cap_workers(cfg.workers),
                          device, cfg.seed, drop_last=False)
     g = torch.Generator().manual_seed(cfg.seed)
     lin, opt, sched = _probe_parts(stats[0].numel(), num_classes, cfg.probe, g)
@@ -265,33 +224,34 @@ def knn_predict(bank: torch.Tensor, bank_y: torch.Tensor, q: torch.Tensor, k: in
 
 # ----- the whole evaluation ---------------------------------------------------------------------------------
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def evaluate(cfg: EvalConfig, run: Optional[Path] = None, checkpoint: Optional[Path] = None, log=print) -> dict:
     """Evaluate one encoder on one build; writes the eval folder and returns report.json's content."""
     from fastbd import metrics as M
-    from fastbd.runs import atomic_write_bytes
+    from fastbd.report import heatmap_png, report_markdown
 
     if (run is None) == (checkpoint is None):
         raise ValueError("give exactly one of --run RUN_DIR or --checkpoint FILE")
+    t0 = time.perf_counter()
+
+    def phase(what: str) -> None:  # one progress line per phase: eval is minutes on ImageNet-100
+        log(f"[eval] {what} ({time.perf_counter() - t0:.0f} s)")
     folder = Path(cfg.data)
     manifest = load_manifest(folder)
     out = Path(cfg.out) if cfg.out else (run / "eval" if run else Path(checkpoint).with_suffix("").parent / "eval")
-    device = _device(cfg.device)
+    device = pick_device(cfg.device)
     net, enc_meta = load_encoder(run, checkpoint, cfg.model)
     net = net.to(device).to(memory_format=torch.channels_last)
     classes = manifest["source"]["classes"]
     target = manifest["target"]["index"] if manifest["target"] else None
     train_labels = TarSamples(folder, "train").label
     subset = labelled_subset(manifest, train_labels, cfg.probe.label_fraction, cfg.seed)
-    log(f"[eval] features: {len(subset)} labelled train, val, val_poisoned")
+    phase(f"features of {len(subset)} labelled train images")
     xtr, ytr = extract(net, folder, "train", subset, cfg, device)
+    phase("features of val")
     xva, yva = extract(net, folder, "val", None, cfg, device)
+    phase("features of val_poisoned")
     xvp, yvp = extract(net, folder, "val_poisoned", None, cfg, device)
+    phase(f"linear probe ({cfg.probe.kind}, {cfg.probe.epochs} epochs)")
     ntr, nva, nvp = normalise(xtr, xva, xvp)
     if cfg.probe.kind == "augmented":
         probe = train_probe_augmented(net, folder, subset, feature_stats(xtr), len(classes), cfg, device)
@@ -309,16 +269,19 @@ def evaluate(cfg: EvalConfig, run: Optional[Path] = None, checkpoint: Optional[P
               "manifest_fingerprint": manifest["source"]["fingerprint"], "label_fraction": lf,
               "labelled_indices": len(subset),
               proto: M.attack_metrics(cm_clean, cm_patched, target)}
+    if cfg.knn_k:
+        phase(f"kNN, k = {', '.join(map(str, cfg.knn_k))}")
     for k in cfg.knn_k:
         pred = knn_predict(xtr, ytr, xva, k, len(classes))
         report[f"knn_k{k}_lf{lf:g}_top1"] = float((pred == yva).float().mean())
     out.mkdir(parents=True, exist_ok=True)
-    np.save(out / "labelled_indices.npy", subset)  # the exact probe labels, for provenance
+    save_npy(out / "labelled_indices.npy", subset)  # the exact probe labels, for provenance
     M.save_matrices(out, cm_clean, cm_patched)
     M.write_conf_matrix_csv(out / "conf_matrix.csv", cm_clean, cm_patched, classes)
-    M.heatmap_png(out / "conf_matrix_poisoned.png", cm_patched, classes, "patched validation", target)
+    heatmap_png(out / "conf_matrix_poisoned.png", cm_patched, classes, "patched validation", target)
     row = {"model": enc_meta.get("method", "encoder"), **report[proto],
            "knn_top1": report.get(f"knn_k{cfg.knn_k[0]}_lf{lf:g}_top1") if cfg.knn_k else None}
-    atomic_write_bytes(out / "report.md", (M.report_markdown([row]) + "\n").encode())
-    atomic_write_bytes(out / "report.json", (json.dumps(report, indent=1) + "\n").encode())
+    atomic_write_bytes(out / "report.md", (report_markdown([row]) + "\n").encode())
+    write_json(out / "report.json", report)
+    phase(f"wrote {out}")
     return report

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torchvision
 from torch import nn
 
@@ -34,22 +33,5 @@ def make_backbone(cfg: ModelConfig) -> tuple[nn.Module, int]:
     return net, feat_dim
 
 
-def mlp(in_dim: int, hidden: int, out_dim: int, bn_last: bool = False) -> nn.Sequential:
-    """Linear-BN-ReLU-Linear: the BYOL / MSF / SimCLR projection head shape (MoCo v2's head has no BN)."""
-    layers: list[nn.Module] = [nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
-                               nn.Linear(hidden, out_dim)]
-    if bn_last:
-        layers.append(nn.BatchNorm1d(out_dim, affine=False))
-    return nn.Sequential(*layers)
-
-
 def count_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
-
-
-@torch.no_grad()
-def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """target = m * target + (1 - m) * online over parameters only; BN statistics of the target are its
-    own, from its own forward passes, as in moco/builder.py (_momentum_update_key_encoder) and BYOL."""
-    for t, o in zip(target.parameters(), online.parameters()):
-        t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)

@@ -20,7 +20,7 @@ class OptimConfig:
     name: str = "sgd"  # sgd | lars | adam | adamw
     lr: float = 0.06  # per 256 images; the actual lr is lr * global_batch / 256
     momentum: float = 0.9  # sgd / lars
-    weight_decay: float = 1e-4
+    weight_decay: float = 1e-4  # L2 penalty coefficient (lars: weights only, not biases or BN)
     betas: tuple[float, float] = (0.9, 0.999)  # adam / adamw
     warmup_epochs: float = 0.0  # epochs of linear warm-up from 0
     schedule: str = "cosine"  # cosine | constant | step

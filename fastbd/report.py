@@ -1,9 +1,13 @@
-"""Sweep reports: turn a flat list of per-run result rows into a CSV, a markdown summary and plots.
+"""Tables and plots: the one home of markdown tables and of matplotlib figures.
 
-Each row is a plain dict with the keys `run_id`, PARAM_KEYS, `state`, `error` and METRIC_KEYS (values
-may be None). This module only consumes rows; collecting them from run folders happens elsewhere.
+Sweep reports turn a flat list of per-run result rows into a CSV, a markdown summary and plots. Each row
+is a plain dict with the keys `run_id`, PARAM_KEYS, `state`, `error` and METRIC_KEYS (values may be None).
+This module only consumes rows; collecting them from run folders happens elsewhere (fastbd.sweep).
 
     paths = write_report(Path("reports/sweep"), rows, title="MoCo vs BYOL, HTBA triggers")
+
+An evaluation's own outputs are drawn here too: `report_markdown` (RUN/eval/report.md, `fastbd compare`)
+and `heatmap_png` (the confusion-matrix heatmap, RUN/eval/conf_matrix_poisoned.png).
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from fastbd.runs import atomic_write
+from beton_builders.files import atomic_write, atomic_write_bytes
+from fastbd.metrics import as_count, check_cm
 
 Row = dict[str, Any]
 
@@ -60,11 +65,6 @@ def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
         return None, None
     arr = np.asarray(values, dtype=float)
     return float(arr.mean()), (float(arr.std(ddof=1)) if len(arr) >= 2 else None)
-
-
-def _write_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
 def defense_label(defense: str | None, clean_fraction: float | None) -> str:
@@ -169,7 +169,33 @@ def summary_markdown(rows: Sequence[Row], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The models table of an evaluation (RUN/eval/report.md) and of `fastbd compare`.
+EVAL_COLUMNS: tuple[str, ...] = ("model", "clean top-1", "patched top-1", "target FP (of N non-target)", "ASR",
+                                 "NFP", "kNN top-1")
+
+
+def report_markdown(rows: list[Row]) -> str:
+    """A markdown table of models. Row keys (all optional; missing or None shows as "-"): `model`,
+    `clean_top1`, `patched_top1`, `target_fp`, `nontarget_count`, `asr`, `nfp`, `knn_top1`. Top-1s and ASR
+    are fractions shown as percentages with one decimal; NFP with two decimals; target FP as `FP / N`."""
+    def fp(r: Row) -> str | None:
+        if r.get("target_fp") is None:
+            return None
+        n = r.get("nontarget_count")
+        return f"{as_count(r['target_fp'])}" + ("" if n is None else f" / {as_count(n)}")
+    body = ([r.get("model"), _pct(r.get("clean_top1")), _pct(r.get("patched_top1")), fp(r), _pct(r.get("asr")),
+             None if r.get("nfp") is None else f"{float(r['nfp']):.2f}", _pct(r.get("knn_top1"))] for r in rows)
+    return "\n".join(_table(EVAL_COLUMNS, body)) + "\n"
+
+
 # --- plots ---------------------------------------------------------------------------------------------
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")  # headless: reports are written on cluster nodes without a display
+    import matplotlib.pyplot as plt
+    return plt
+
 
 # (metric, y label, scale): ASR and accuracy as %, target FP as a count.
 _PANELS: tuple[tuple[str, str, float], ...] = (("target_fp", "target FP (count)", 1.0),
@@ -199,10 +225,7 @@ def plot_rates(rows: Sequence[Row], out_dir: Path, rate_label: str = "poison rat
     done = [r for r in rows if r.get("state") == "done" and r.get("label_fraction") is not None]
     if not done:
         return []
-    import matplotlib
-    matplotlib.use("Agg")  # headless: reports are written on cluster nodes without a display
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     methods = sorted({str(r["method"]) for r in done})
@@ -236,10 +259,72 @@ def plot_rates(rows: Sequence[Row], out_dir: Path, rate_label: str = "poison rat
     return written
 
 
+def _nice_step(n: int, ticks: int = 10) -> int:
+    raw = max(1.0, n / ticks)
+    mag = 10 ** math.floor(math.log10(raw))
+    return int(next((m * mag for m in (1, 2, 5) if m * mag >= raw), 10 * mag))
+
+
+def _short(s: str, n: int = 18) -> str:
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def heatmap_png(path, cm, class_names: Sequence[str] | None = None, title: str = "",
+                highlight: int | None = None) -> Path:
+    """A row-normalised confusion-matrix heatmap (rows = true, columns = predicted), 850 x 800 px PNG.
+
+    Class names label both axes when C <= 30 (cell counts are printed when C <= 15); otherwise class ids
+    are ticked every few classes. `highlight` outlines that (target) column in red and names it in red.
+    """
+    from matplotlib.patches import Rectangle
+
+    cm = check_cm(cm)
+    n = cm.shape[0]
+    if class_names is not None and len(class_names) != n:
+        raise ValueError(f"{len(class_names)} class names for {n} classes")
+    if highlight is not None and not 0 <= int(highlight) < n:
+        raise ValueError(f"highlight {highlight} outside [0, {n})")
+    labelled = 0 < n <= 30
+    names = [str(c) for c in range(n)] if class_names is None else [str(c) for c in class_names]
+    cmf = cm.astype(np.float64)
+    rows = cmf.sum(axis=1, keepdims=True)
+    norm = np.divide(cmf, rows, out=np.zeros_like(cmf), where=rows > 0)
+    red = (0.86, 0.12, 0.12)
+    plt = _pyplot()
+    fig = plt.figure(figsize=(8.5, 8.0), dpi=100)
+    left = 0.2 if labelled else 0.1
+    ax = fig.add_axes((left, 0.2 if labelled else 0.1, 0.78 - left, 0.7))
+    image = ax.imshow(norm if n else np.zeros((1, 1)), cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto",
+                      interpolation="nearest")
+    fig.colorbar(image, cax=fig.add_axes((0.82, ax.get_position().y0, 0.025, 0.7)), label="row fraction")
+    if 0 < n <= 15:
+        for (i, j), v in np.ndenumerate(cm):
+            ax.text(j, i, str(as_count(v)), ha="center", va="center", fontsize=8,
+                    color="white" if norm[i, j] > 0.55 else "black")
+    ticks = list(range(n)) if labelled else list(range(0, n, _nice_step(n)))
+    if highlight is not None and int(highlight) not in ticks:
+        ticks = sorted([*ticks, int(highlight)])  # the target column is always named
+    text = [_short(names[c]) if labelled else str(c) for c in ticks]
+    ax.set_xticks(ticks, text, rotation=90 if labelled else 0, fontsize=7 if labelled else 8)
+    ax.set_yticks(ticks, text, fontsize=7 if labelled else 8)
+    if highlight is not None:
+        h = int(highlight)
+        ax.get_xticklabels()[ticks.index(h)].set_color(red)
+        ax.get_yticklabels()[ticks.index(h)].set_color(red)
+        ax.add_patch(Rectangle((h - 0.5, -0.5), 1, n, fill=False, edgecolor=red, linewidth=2, clip_on=False))
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    try:
+        return atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    finally:
+        plt.close(fig)
+
+
 def write_report(out_dir: Path, rows: Sequence[Row], title: str, rate_label: str = "poison rate") -> list[Path]:
     """Write summary.csv, summary.md and plots/ under out_dir (each file atomically); return their paths."""
     out_dir = Path(out_dir)
     rows = list(rows)
-    written = [_write_text(out_dir / "summary.csv", summary_csv(rows)),
-               _write_text(out_dir / "summary.md", summary_markdown(rows, title))]
+    written = [atomic_write_bytes(out_dir / "summary.csv", summary_csv(rows).encode()),
+               atomic_write_bytes(out_dir / "summary.md", summary_markdown(rows, title).encode())]
     return written + plot_rates(rows, out_dir / "plots", rate_label)

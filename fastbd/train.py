@@ -6,75 +6,59 @@
 The trainer owns the loop, AMP (bf16 autocast, or fp16 with a grad scaler), channels_last, optional
 torch.compile, DDP, the per-step LR schedule, checkpoints (plain dicts, atomic), resume (exact at epoch
 granularity: model, optimiser, scaler, step, RNG; the loader's order and augmentation are pure functions
-of seed, epoch and step), metrics.jsonl and the final safetensors export. A NaN/inf loss stops the run
-with a clear message; the last good checkpoint stays.
+of seed, epoch and step), metrics.jsonl and the final safetensors export. The host reads the device only
+every `log_every` steps and at the end of each epoch, so a step never waits for the GPU; the NaN/inf check
+runs there, over every step's loss since the last read, and stops the run with a clear message before a
+checkpoint could be overwritten: the last good checkpoint stays.
 Reference numbers and hardware: README, "Benchmarks" (benchmarks/train_throughput.py).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from fastbd.config import to_dict, to_yaml
+from beton_builders.files import atomic_write_bytes, save_npy, write_json
+from fastbd.config import UserError, to_dict, to_yaml
 from fastbd.data import DataConfig, make_loader
-from fastbd.dist import DistInfo, all_reduce_mean, init_distributed
-from fastbd.methods import make_method
-from fastbd.methods.base import MethodConfig
+from fastbd.device import amp_mode, autocast, pick_device
+from fastbd.dist import all_reduce_mean, init_distributed
+from fastbd.methods import MethodConfig, make_method
 from fastbd.models import ModelConfig, make_backbone
 from fastbd.optim import OptimConfig, lr_at, make_optimizer
-from fastbd.runs import (MetricsLog, atomic_torch_save, atomic_write_bytes, export_encoder, load_checkpoint,
-                         run_meta)
+from fastbd.runs import MetricsLog, atomic_torch_save, export_encoder, load_checkpoint, run_meta
 
 
 @dataclass
 class TrainConfig:
     out: str = "runs/default"  # run folder
-    epochs: int = 200
+    epochs: int = 200  # passes over the training set
     seed: int = 0  # model init, data order, augmentation
     device: str = "auto"  # auto (cuda if available) | cuda | cpu
     amp: str = "auto"  # auto (bf16 on cuda, off on cpu) | bf16 | fp16 | none
-    channels_last: bool = True
+    channels_last: bool = True  # NHWC memory format for the convolutions (faster on tensor cores)
     compile: bool = False  # torch.compile the method (slow first steps, faster after)
     sync_bn: bool = True  # under DDP on GPUs: SyncBatchNorm (not for MoCo while method.moco.shuffle_bn is on)
     ckpt_every: int = 1  # epochs between checkpoints (the last epoch always writes one)
     log_every: int = 20  # steps between metrics.jsonl lines
     max_steps: int = 0  # stop after this many steps in total (0: full schedule); smoke tests, benchmarks
+    tensorboard: bool = False  # also write the metrics as TensorBoard events in RUN/tb (the [tensorboard] extra)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """The loss became NaN or infinite."""
-
-
-def _device(cfg: TrainConfig, info: DistInfo) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device(f"cuda:{info.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    return torch.device(cfg.device)
-
-
-def amp_mode(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, whether a grad scaler is needed) for the `amp` setting."""
-    mode = amp if amp != "auto" else ("bf16" if device.type == "cuda" else "none")
-    if mode not in ("bf16", "fp16", "none"):
-        raise ValueError(f"amp: {amp!r} is not one of auto, bf16, fp16, none")
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[mode], mode == "fp16"
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """torch.autocast at `dtype`, or a no-op context when AMP is off."""
-    return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
 
 
 def seed_everything(seed: int) -> None:
@@ -102,7 +86,7 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False, log=None):
         self.cfg, self.info = cfg, init_distributed()
-        self.device = _device(cfg, self.info)
+        self.device = pick_device(cfg.device, self.info.local_rank)
         self.log = log or (lambda s: print(s, file=sys.stderr, flush=True))
         self.out = Path(cfg.out)
         seed_everything(cfg.seed + self.info.rank)
@@ -115,10 +99,8 @@ class Trainer:
             self.method = self.method.to(memory_format=torch.channels_last)
         self.model: nn.Module = self.method
         if self.info.world > 1:
-            # SyncBN is CUDA-only (gloo/CPU keeps per-rank BN). MoCo with shuffle-BN skips it: global
-            # statistics would undo what shuffling the keys across ranks is for (MoCo, section 3.3).
-            shuffled = cfg.method.name == "moco" and cfg.method.moco.shuffle_bn
-            if cfg.sync_bn and self.device.type == "cuda" and not shuffled:
+            # SyncBN is CUDA-only (gloo/CPU keeps per-rank BN), and a method may refuse it (MoCo's shuffle-BN).
+            if cfg.sync_bn and self.device.type == "cuda" and self.method.allows_sync_bn():
                 self.method = nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.method, device_ids=ids)
@@ -134,8 +116,11 @@ class Trainer:
                              "samples; lower it or set data.drop_last=false")
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.epoch, self.step = 0, 0
-        self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.info.main)
+        self._pending: list[torch.Tensor] = []  # losses of the steps since the host last read the device
+        self._losses: list[float] = []  # this epoch's losses, read
         self._prepare_folder(resume)
+        self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.info.main, tensorboard=cfg.tensorboard,
+                                  log=self.log)  # after the folder check: the TensorBoard writer makes RUN/tb
 
     def _views(self) -> list[str]:
         from fastbd.methods import METHODS
@@ -162,10 +147,9 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(self.out / "config.yaml", to_yaml(self.cfg).encode())
             meta = run_meta(self.cfg.data.path, self.info.world)
-            atomic_write_bytes(self.out / "meta.json", (json.dumps(meta, indent=1) + "\n").encode())
+            write_json(self.out / "meta.json", meta)
             if self.cfg.data.clean_fraction is not None:  # the distillation subset, for provenance
-                import numpy as np
-                np.save(self.out / "clean_subset.npy", self.loader.sample_indices)
+                save_npy(self.out / "clean_subset.npy", self.loader.sample_indices)
 
     def _save(self) -> None:
         if not self.info.main:
@@ -183,22 +167,48 @@ class Trainer:
         self.epoch, self.step = int(ck["epoch"]), int(ck["step"])
         _set_rng_state(ck["rng"], self.device)
 
-    def _train_step(self, views: list[torch.Tensor]) -> tuple[float, dict]:
+    def _train_step(self, views: list[torch.Tensor]) -> tuple[float, torch.Tensor, dict]:
+        """One optimizer step; returns (lr, the loss as a device tensor, the method's logs). Nothing here
+        reads a tensor on the host, so the CPU can queue the next step while the GPU still runs this one."""
         lr = lr_at(self.cfg.optim, self.base_lr, self.step, self.steps_per_epoch, self.total_steps)
         for g in self.opt.param_groups:
             g["lr"] = lr
         with autocast(self.device, self.amp_dtype):
             loss, logs = self.model(views)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"loss is {loss.item()} at epoch {self.epoch}, step {self.step}; the last good "
-                                   f"checkpoint is {self.out / 'ckpt' / 'last.pt'} (try a lower optim.lr)")
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.opt)
         self.scaler.update()
         self.step += 1
         self.method.after_step(self.step / self.total_steps)
-        return lr, logs
+        return lr, loss.detach(), logs
+
+    def _step(self, views: list[torch.Tensor], bar) -> None:
+        """A training step, plus every `log_every` steps the one host sync: the metrics line and the NaN check."""
+        lr, loss, logs = self._train_step(views)
+        self._pending.append(loss)
+        if bar:
+            bar.update(1)
+        if self.step % self.cfg.log_every == 0:
+            logs = self._sync(logs)
+            self.metrics.write(kind="step", epoch=self.epoch, step=self.step, lr=lr, **logs)
+            if bar:
+                bar.set_postfix(loss=f"{self._losses[-1]:.4f}")
+
+    def _sync(self, logs: dict | None = None) -> dict:
+        """Read the losses of the steps since the last sync, and `logs`, off the device in one transfer; stop
+        at the first non-finite loss. Runs before every checkpoint, so a diverged run never overwrites one."""
+        tensors = {k: v for k, v in (logs or {}).items() if torch.is_tensor(v)}
+        n, pending = len(self._pending), [*self._pending, *tensors.values()]
+        values = torch.stack([t.float() for t in pending]).tolist() if pending else []
+        first = self.step - n  # the 0-based index of the first pending step
+        for i, v in enumerate(values[:n]):
+            if not math.isfinite(v):
+                raise TrainingDiverged(f"loss is {v} at epoch {self.epoch}, step {first + i}; the last good "
+                                       f"checkpoint is {self.out / 'ckpt' / 'last.pt'} (try a lower optim.lr)")
+        self._losses += values[:n]
+        self._pending = []
+        return {**(logs or {}), **dict(zip(tensors, values[n:]))}
 
     def _done(self) -> bool:
         return bool(self.cfg.max_steps) and self.step >= self.cfg.max_steps
@@ -206,34 +216,33 @@ class Trainer:
     def fit(self) -> Path:
         cfg = self.cfg
         self.method.train()
-        while self.epoch < cfg.epochs and not self._done():
-            self._run_epoch()
-            self.epoch += 1
-            if self.epoch % cfg.ckpt_every == 0 or self.epoch == cfg.epochs or self._done():
-                self._save()
+        try:
+            while self.epoch < cfg.epochs and not self._done():
+                self._run_epoch()
+                self.epoch += 1
+                if self.epoch % cfg.ckpt_every == 0 or self.epoch == cfg.epochs or self._done():
+                    self._save()
+        finally:
+            self.metrics.close()
         if self.info.main:
             self._export()
         return self.out
 
     def _run_epoch(self) -> None:
         self.loader.set_epoch(self.epoch)
-        t0, seen, losses = time.perf_counter(), 0, []
+        t0, seen = time.perf_counter(), 0
+        self._pending, self._losses = [], []
         bar = _progress(len(self.loader), f"epoch {self.epoch}", self.info.main)
         for batch in self.loader:
-            lr, logs = self._train_step(batch.views)
+            self._step(batch.views, bar)
             seen += batch.label.shape[0]
-            losses.append(logs.get("loss", 0.0))
-            if bar:
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            if self.step % self.cfg.log_every == 0:
-                self.metrics.write(kind="step", epoch=self.epoch, step=self.step, lr=lr, **logs)
             if self._done():
                 break
         if bar:
             bar.close()
+        self._sync()
         dt = time.perf_counter() - t0
-        loss = all_reduce_mean(sum(losses) / max(1, len(losses)), self.device)
+        loss = all_reduce_mean(sum(self._losses) / max(1, len(self._losses)), self.device)
         ips = seen * self.info.world / max(dt, 1e-9)
         self.metrics.write(kind="epoch", epoch=self.epoch, step=self.step, loss=loss, img_per_s=ips, seconds=dt)
         if self.info.main and not bar:

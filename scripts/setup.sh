@@ -28,5 +28,5 @@ $PIP install -q "torch==${FASTBD_TORCH:-2.14.1}" "torchvision==${FASTBD_TORCHVIS
 # ffcv 1.0.2 builds from source and imports Pillow/numba/cupy-free pieces without declaring them all.
 $PIP install -q numpy Pillow numba opencv-python-headless
 $PIP install -q --no-build-isolation "ffcv==1.0.2"
-$PIP install -q -e ".[dali,slurm,dev]"
+$PIP install -q -e ".[dali,slurm,benchmarks,dev]"
 touch "$STAMP"

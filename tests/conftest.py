@@ -1,8 +1,10 @@
 import io
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from beton_builders import build, load_spec
@@ -63,3 +65,28 @@ def make_imagefolder(root: Path, classes=("a_cls", "b_cls", "c_cls"), n_train=6,
                 arr = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
                 (d / f"img{i:03d}.jpg").write_bytes(jpeg_bytes(arr, quality=90))
     return root
+
+
+HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
+
+
+@contextmanager
+def no_host_sync():
+    """Inside, every Python-level read of a tensor's value on the host raises: .item(), .tolist(), .cpu(),
+    .numpy(), and bool()/float()/int() of a tensor (an `if` on one). On a GPU each of those waits for it."""
+    def trap(name):
+        def read(self, *args, **kwargs):
+            raise AssertionError(f"host sync inside a training step: Tensor.{name}")
+        return read
+
+    saved = {n: torch.Tensor.__dict__.get(n) for n in HOST_READS}
+    try:
+        for n in HOST_READS:
+            setattr(torch.Tensor, n, trap(n))
+        yield
+    finally:
+        for n, old in saved.items():
+            if old is None:
+                delattr(torch.Tensor, n)
+            else:
+                setattr(torch.Tensor, n, old)

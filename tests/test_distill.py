@@ -7,11 +7,10 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from beton_builders import load_manifest
+from beton_builders.manifest import clean_subset
 from fastbd.cli import app
-from fastbd.data.samples import clean_subset
 from fastbd.losses import compress_loss
-from fastbd.methods import make_method
-from fastbd.methods.base import MethodConfig
+from fastbd.methods import MethodConfig, make_method
 from fastbd.models import ModelConfig, make_backbone
 from fastbd.runs import read_metrics
 from fastbd.train import Trainer, train
@@ -54,6 +53,7 @@ def _method(teacher_run, bank=16):
     return make_method(cfg, enc, d, num_samples=100)
 
 
+@pytest.mark.slow
 def test_loss_decreases_and_student_moves_toward_the_teacher(teacher):
     torch.manual_seed(0)
     m = _method(teacher).train()
@@ -81,6 +81,7 @@ def test_loss_decreases_and_student_moves_toward_the_teacher(teacher):
     assert all(not p.requires_grad for p in m.teacher.parameters()) and not m.teacher.training
 
 
+@pytest.mark.slow
 def test_distill_run_records_its_subset_and_resumes_exactly(tiny_build, teacher, tmp_path):
     extra = [*DISTILL, f"method.compress.teacher={teacher}", "data.batch_size=8"]
     full = train(cfg_for(tiny_build, tmp_path / "full", *extra))

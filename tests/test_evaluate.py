@@ -9,9 +9,9 @@ import torchvision
 
 from beton_builders import load_manifest
 from fastbd.config import load_config
-from fastbd.evaluate import (EvalConfig, evaluate, knn_predict, labelled_subset, load_encoder, normalise,
-                             strip_state)
+from fastbd.evaluate import EvalConfig, evaluate, knn_predict, labelled_subset, normalise
 from fastbd.models import ModelConfig
+from fastbd.runs import load_encoder, strip_state
 from fastbd.train import train
 
 from test_train import cfg_for
@@ -59,8 +59,12 @@ def test_normalise_and_knn():
 def test_end_to_end_eval_writes_the_report(tiny_build, tiny_run):
     cfg = load_config(EvalConfig, None, [f"data={tiny_build}", "res=32", "resize=36", "workers=0",
                                          "probe.label_fraction=0.5", "probe.epochs=5", "knn_k=[1,5]"])
-    rep = evaluate(cfg, run=tiny_run, log=lambda s: None)
+    lines = []
+    rep = evaluate(cfg, run=tiny_run, log=lines.append)
     out = tiny_run / "eval"
+    assert [ln.split(" (")[0] for ln in lines] == [  # a progress line per phase
+        "[eval] features of 24 labelled train images", "[eval] features of val", "[eval] features of val_poisoned",
+        "[eval] linear probe", "[eval] kNN, k = 1, 5", f"[eval] wrote {out}"]
     for f in ("report.json", "report.md", "conf_matrix.csv", "conf_matrix_clean.npy", "conf_matrix_poisoned.npy",
               "conf_matrix_poisoned.png", "labelled_indices.npy"):
         assert (out / f).is_file(), f

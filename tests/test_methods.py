@@ -1,6 +1,7 @@
 """SSL methods and their losses, on a tiny ResNet-18 and random tensors (CPU, a few seconds each)."""
 
 import math
+import os
 
 import pytest
 import torch
@@ -9,11 +10,13 @@ import torch.nn.functional as F
 from fastbd.data.base import RECIPES
 from fastbd.losses import byol_loss, info_nce, msf_loss, nt_xent
 from fastbd.methods import METHODS, MethodConfig, make_method
+from fastbd.methods.blocks import fifo_enqueue
 from fastbd.methods.byol import cosine_tau
 from fastbd.methods.jigsaw import cut_tiles, jitter_tiles, permutation_set
-from fastbd.methods.moco import fifo_enqueue
 from fastbd.methods.rotnet import rotate_all
 from fastbd.models import ModelConfig, make_backbone
+
+from conftest import no_host_sync
 
 N = 8
 
@@ -152,13 +155,17 @@ def test_method_trains_on_a_fixed_batch(name, steps, size):
     losses = []
     for i in range(steps):
         torch.manual_seed(i % 2)  # jigsaw's permutations: two fixed sets of labels
-        loss, logs = m(views)
+        with no_host_sync():  # the step must not wait for the device: logs stay tensors until the trainer reads
+            loss, logs = m(views)
         assert loss.dim() == 0 and torch.isfinite(loss)
-        assert logs and all(isinstance(v, float) for v in logs.values())
+        assert logs and all(isinstance(v, float) or (torch.is_tensor(v) and v.dim() == 0 and not v.requires_grad)
+                            for v in logs.values())
+        assert torch.is_tensor(logs["loss"]) and logs["loss"].item() == loss.item()
         opt.zero_grad()
         loss.backward()
         opt.step()
-        m.after_step((i + 1) / steps)
+        with no_host_sync():
+            m.after_step((i + 1) / steps)
         losses.append(loss.item())
     assert sum(losses[-2:]) < sum(losses[:2]), losses
     if momentum:
@@ -232,3 +239,77 @@ def test_rotnet_rotations_and_channels_last():
         a, _ = m([x])
         b, _ = m([cl])
     assert a.item() == pytest.approx(b.item(), rel=1e-4)
+
+
+TOY = '''"""A toy method: regress each image's mean colour from its features (to show what a new method takes)."""
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Method
+
+
+@dataclass
+class ToyConfig:
+    scale: float = 1.0  # loss weight
+
+
+class Toy(Method):
+    VIEWS = ("weak",)
+    Config = ToyConfig
+
+    def __init__(self, encoder, feat_dim, cfg, num_samples):
+        super().__init__(encoder, feat_dim, cfg, num_samples)
+        self.head = nn.Linear(feat_dim, 3)
+
+    def forward(self, views):
+        x = views[0]
+        loss = self.cfg.toy.scale * F.mse_loss(self.head(self.encoder(x)), x.mean((2, 3)))
+        return loss, {"loss": loss.detach()}
+'''
+
+RUN_TOY = '''
+import json, sys
+import fastbd
+from fastbd.config import load_config
+from fastbd.runs import read_metrics
+from fastbd.train import TrainConfig, train
+assert fastbd.__file__.startswith(sys.argv[1]), fastbd.__file__
+out = train(load_config(TrainConfig, None, sys.argv[2:]))
+print(json.dumps({"rows": read_metrics(out), "config": (out / "config.yaml").read_text()}))
+'''
+
+
+@pytest.mark.slow
+def test_a_new_method_is_one_file_and_one_registry_entry(tiny_build, tmp_path):
+    """A copy of the package gets methods/toy.py and two lines in the registry (its import and its entry),
+    nothing else; its config section exists, takes overrides, and it trains through the one trainer."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    pkg = tmp_path / "src" / "fastbd"
+    shutil.copytree(root / "fastbd", pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    (pkg / "methods" / "toy.py").write_text(TOY)
+    registry = pkg / "methods" / "__init__.py"
+    before = registry.read_text()
+    after = before.replace("from .simclr import SimCLR\n", "from .simclr import SimCLR\nfrom .toy import Toy\n")
+    after = after.replace('    "simclr": SimCLR,\n', '    "simclr": SimCLR,\n    "toy": Toy,\n')
+    assert len(after.splitlines()) == len(before.splitlines()) + 2
+    registry.write_text(after)
+    args = [f"data.path={tiny_build}", f"out={tmp_path / 'run'}", "data.batch_size=16", "data.res=32",
+            "data.workers=0", "data.backend=torch", "model.small_input=true", "log_every=1", "max_steps=1",
+            "method.name=toy", "method.toy.scale=2"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "src"), str(root)])}
+    res = subprocess.run([sys.executable, "-c", RUN_TOY, str(pkg), *args], capture_output=True, text=True,
+                         env=env, cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    [step] = [r for r in out["rows"] if r["kind"] == "step"]
+    assert step["step"] == 1 and math.isfinite(step["loss"])
+    assert "name: toy" in out["config"] and "toy:\n    scale: 2.0" in out["config"]

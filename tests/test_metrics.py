@@ -10,13 +10,12 @@ from PIL import Image
 from fastbd.metrics import (
     attack_metrics,
     confusion_matrix,
-    heatmap_png,
-    report_markdown,
     save_matrices,
     top1,
     tp_fp,
     write_conf_matrix_csv,
 )
+from fastbd.report import heatmap_png, report_markdown
 
 # Fixed 3-class example, target class 1. Rows = true label, columns = prediction.
 #

@@ -106,6 +106,7 @@ def done_sweep(tmp_path_factory):
     return {"path": path, "first": first, "second": second, "marks": marks, "logs": logs}
 
 
+@pytest.mark.slow
 def test_stopped_sweep_reruns_only_what_is_left(done_sweep):
     first, second = done_sweep["first"], done_sweep["second"]
     assert sorted(first["states"].values()) == ["done", "done", "pending", "pending"]
@@ -120,6 +121,7 @@ def test_stopped_sweep_reruns_only_what_is_left(done_sweep):
     assert env["torch"] and "gpus" in env
 
 
+@pytest.mark.slow
 def test_report_rows_and_plots(done_sweep):
     root = Path(done_sweep["second"]["plan"]["root"])
     rows = list(csv.DictReader((root / "summary.csv").open()))
@@ -137,6 +139,7 @@ def test_report_rows_and_plots(done_sweep):
     assert out.exit_code == 0 and "6 rows" in out.output
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_every_run_and_the_rerun_finishes(tmp_path):
     """SIGINT to the whole `fastbd sweep` process group mid-sweep, as Ctrl-C in a terminal, then the same command."""
     import signal
@@ -206,6 +209,7 @@ def test_clean_parts_of_builds_are_the_same_bytes(tiny_build, tmp_path):
     assert a.read(n) != b.read(n)  # the poisoned copies differ
 
 
+@pytest.mark.slow
 def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     # the clean control of two trigger/target pairs is one run evaluated on both builds; the other run fails
     path = write_sweep(tmp_path, rates=[0.0], seeds=[0], triggers={"a": [], "b": ["trigger.seed=3"]},
@@ -225,6 +229,7 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert "Traceback" in (Path(failed["dir"]) / "error.txt").read_text()
 
 
+@pytest.mark.slow
 def test_a_multi_process_run_goes_through_torchrun(tmp_path):
     """gpus_per_run > 1 trains under torchrun + DDP (gloo on this CPU machine, NCCL on GPUs)."""
     from fastbd.sweep.stages import build_one, write_json
@@ -282,6 +287,7 @@ def test_slurm_job_arrays(tmp_path, monkeypatch):
     assert isinstance(task, submitit.helpers.Checkpointable)
 
 
+@pytest.mark.slow
 def test_job_arrays_run_under_submitits_local_executor(tmp_path):
     submitit = pytest.importorskip("submitit")
     path = write_sweep(tmp_path, rates=[0.5], seeds=[0])

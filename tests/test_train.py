@@ -11,6 +11,8 @@ from fastbd.config import load_config
 from fastbd.runs import load_checkpoint, load_encoder_state, read_metrics
 from fastbd.train import TrainConfig, Trainer, TrainingDiverged, train
 
+from conftest import no_host_sync
+
 TINY_TRAIN = ["epochs=2", "data.batch_size=16", "data.res=32", "data.workers=0", "data.backend=torch",
               "model.small_input=true", "method.moco.hidden=64", "method.moco.dim=32", "method.moco.queue=64",
               "log_every=1"]
@@ -39,6 +41,7 @@ def test_run_folder_describes_itself(tiny_build, tmp_path):
     assert loaded.data.batch_size == 16 and loaded.method.name == "moco"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["ffcv", "dali"])
 def test_trainer_runs_on_every_backend(tiny_build, tmp_path, backend):
     pytest.importorskip({"ffcv": "ffcv", "dali": "nvidia.dali"}[backend])
@@ -76,6 +79,7 @@ def test_existing_run_folder_is_refused(tiny_build, tmp_path):
         Trainer(cfg_for(tiny_build, tmp_path / "run"))
 
 
+@pytest.mark.slow
 def test_resume_reproduces_the_uninterrupted_run(tiny_build, tmp_path):
     full = train(cfg_for(tiny_build, tmp_path / "full"))
     # stop after epoch 0 (3 steps), then resume with the full schedule
@@ -96,6 +100,45 @@ def test_nan_loss_stops_with_a_clear_message(tiny_build, tmp_path):
         t.fit()
 
 
+def test_a_diverged_run_is_caught_at_the_next_sync_and_keeps_its_checkpoint(tiny_build, tmp_path):
+    """With log_every beyond the epoch, the NaN check runs at the epoch's end, over every step since the
+    last read, and names the first bad step; the checkpoint of the last good epoch is untouched."""
+    train(cfg_for(tiny_build, tmp_path / "run", "max_steps=3"))
+    ckpt = tmp_path / "run" / "ckpt" / "last.pt"
+    before = ckpt.read_bytes()
+    t = Trainer(cfg_for(tiny_build, tmp_path / "run", "log_every=100", "optim.lr=1e30",
+                        "method.moco.temperature=1e-30"), resume=True)
+    # step 3's loss is huge but finite; the update it makes is not, so step 4 is the first non-finite one
+    with pytest.raises(TrainingDiverged,
+                       match=r"loss is nan at epoch 1, step 4; the last good checkpoint is .*ckpt/last\.pt"):
+        t.fit()
+    assert ckpt.read_bytes() == before
+
+
+def test_the_step_never_waits_for_the_device_between_log_steps(tiny_build, tmp_path, monkeypatch):
+    """Only every log_every steps (and at an epoch's end) may the host read a tensor: the other steps run
+    with .item(), .tolist(), .cpu(), .numpy() and bool()/float()/int() of any tensor raising."""
+    with no_host_sync(), pytest.raises(AssertionError, match="host sync"):
+        bool(torch.ones(1) > 0)  # the trap works
+    guarded = []
+
+    def step(self, views, bar):
+        if (self.step + 1) % self.cfg.log_every:
+            guarded.append(self.step)
+            with no_host_sync():
+                return Trainer._step.__wrapped__(self, views, bar)
+        return Trainer._step.__wrapped__(self, views, bar)
+
+    step.__wrapped__ = Trainer._step
+    monkeypatch.setattr(Trainer, "_step", step)
+    out = train(cfg_for(tiny_build, tmp_path / "run", "log_every=4", "max_steps=5"))
+    assert guarded == [0, 1, 2, 4]
+    rows = read_metrics(out)
+    [logged] = [r for r in rows if r["kind"] == "step"]
+    assert logged["step"] == 4 and isinstance(logged["loss"], float) and 0 <= logged["acc"] <= 1
+    assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == [0, 1]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -114,6 +157,7 @@ def _ddp_worker(rank, world, port, data, out, result):
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_process_gloo_ddp_gathers_keys(tiny_build, tmp_path):
     for attempt in range(3):  # a port freed by _free_port can be taken by another process before we bind it
         try:
@@ -131,3 +175,49 @@ def test_two_process_gloo_ddp_gathers_keys(tiny_build, tmp_path):
     assert torch.equal(r0["queue"], r1["queue"])
     assert (tmp_path / "run" / "encoder.safetensors").is_file()  # rank 0 wrote
     assert [r["step"] for r in read_metrics(tmp_path / "run") if r["kind"] == "step"] == [1, 2]
+
+
+def test_tensorboard_sink_beside_metrics_jsonl(tmp_path, monkeypatch):
+    """tensorboard=true mirrors every number of metrics.jsonl as `<kind>/<name>` scalars; without the package
+    the run keeps metrics.jsonl and says how to get it."""
+    import sys
+    import types
+
+    from fastbd.runs import MetricsLog
+
+    calls = []
+
+    class Writer:
+        def __init__(self, log_dir):
+            calls.append(("open", log_dir))
+
+        def add_scalar(self, tag, value, step):
+            calls.append((tag, value, step))
+
+        def flush(self):
+            calls.append("flush")
+
+        def close(self):
+            calls.append("close")
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    m = MetricsLog(tmp_path / "metrics.jsonl", tensorboard=True)
+    m.write(kind="step", epoch=0, step=3, lr=0.1, loss=1.5, acc=0.25)
+    m.write(kind="epoch", epoch=0, step=3, loss=1.4, img_per_s=10.0, seconds=2)
+    m.close()
+    assert calls == [("open", str(tmp_path / "tb")), ("step/lr", 0.1, 3), ("step/loss", 1.5, 3),
+                     ("step/acc", 0.25, 3), ("epoch/loss", 1.4, 3), ("epoch/img_per_s", 10.0, 3),
+                     ("epoch/seconds", 2, 3), "flush", "close"]
+    assert [r["kind"] for r in read_metrics(tmp_path)] == ["step", "epoch"]
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # not installed: importing it fails
+    said = []
+    m = MetricsLog(tmp_path / "other.jsonl", tensorboard=True, log=said.append)
+    m.write(kind="step", step=1, loss=1.0)
+    assert m.tb is None and (tmp_path / "other.jsonl").is_file()
+    assert len(said) == 1 and "pip install tensorboard" in said[0]
+
+
+def test_tensorboard_events_from_a_run(tiny_build, tmp_path):
+    pytest.importorskip("tensorboard")
+    out = train(cfg_for(tiny_build, tmp_path / "run", "max_steps=2", "tensorboard=true"))
+    assert list((out / "tb").glob("events.out.tfevents.*"))

@@ -32,13 +32,13 @@ class Recipe:
     flip: float = 0.5  # probability of a horizontal flip
     jitter_p: float = 0.8  # probability of applying colour jitter
     brightness: float = 0.4  # jitter strengths, torchvision ColorJitter semantics
-    contrast: float = 0.4
-    saturation: float = 0.4
-    hue: float = 0.1
+    contrast: float = 0.4  # factor drawn in [1 - c, 1 + c]
+    saturation: float = 0.4  # factor drawn in [1 - s, 1 + s]
+    hue: float = 0.1  # shift drawn in [-h, h], fraction of the hue circle
     gray_p: float = 0.2  # probability of converting to grayscale
     blur_p: float = 0.5  # probability of a Gaussian blur
     blur_sigma_min: float = 0.1  # px at 224-px output; scaled with the output resolution
-    blur_sigma_max: float = 2.0
+    blur_sigma_max: float = 2.0  # px at 224-px output; upper bound
     solarize_p: float = 0.0  # probability of solarising (threshold 0.5)
 
 
@@ -67,7 +67,7 @@ class DataConfig:
     res: int = 224  # px, side of every output view
     batch_size: int = 256  # images per step, summed over all ranks (per-rank = batch_size / world)
     workers: int = 8  # CPU threads / processes per rank for decoding
-    drop_last: bool = True
+    drop_last: bool = True  # drop each epoch's last partial global batch
     verify_files: bool = True  # check the manifest's sha256 of the files read before training
     aug_impl: str = "auto"  # ffcv/dali colour jitter + grayscale: exact | linear (one matrix per image) | auto (exact on GPUs, linear on the CPU)
     recipes: dict[str, Recipe] = field(default_factory=dict)  # overrides of RECIPES by name

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from beton_builders.dali_writer import ShardFiles
-from beton_builders.manifest import load_manifest, train_indices, verify_files
+from beton_builders.manifest import load_manifest, training_set, verify_files
 
 
 class TarSamples:
@@ -62,34 +62,17 @@ def _walk(path: str):
             yield info.name, off, info.size, data
 
 
-def clean_subset(manifest: dict, fraction: float, seed: int) -> np.ndarray:
-    """A seeded `fraction` of the clean training images (indices into train.beton), leaving out every image
-    that was poisoned at any rate: the distillation defense's small clean set (Saha et al. 2022, Sec. 5)."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"data.clean_fraction: {fraction} is outside (0, 1]")
-    n = manifest["counts"]["train_clean"]
-    banned = np.zeros(n, bool)
-    banned[[p["clean_index"] for p in manifest["poisoned"]]] = True
-    pool = np.flatnonzero(~banned)
-    k = max(1, int(round(fraction * n)))
-    return np.sort(np.random.default_rng([seed, 0xC1EA]).permutation(pool)[:k])
-
-
 def dataset_indices(folder: str | Path, rate: float | None, check: bool = True,
                     clean_fraction: float | None = None, seed: int = 0) -> tuple[dict, np.ndarray]:
-    """The manifest and the training index list: a poison `rate`'s (None: the largest built), or, with
-    `clean_fraction`, the distillation clean subset."""
+    """The manifest and the training index list (manifest.training_set: a poison `rate`'s, None: the largest
+    built, or with `clean_fraction` the distillation clean subset), after checking the files' sha256."""
     m = load_manifest(folder)
     if check:
         bad = verify_files(folder, m)
         if bad:
             raise ValueError(f"{folder}: files differ from manifest.json (sha256): {bad}; rebuild, or set "
                              "data.verify_files=false to train anyway")
-    if clean_fraction is not None:
-        return m, clean_subset(m, clean_fraction, seed)
-    if rate is None:
-        rate = max((e["rate"] for e in m["rates"]), default=0) or None
-    return m, train_indices(m, rate)
+    return m, training_set(m, rate, clean_fraction, seed)
 
 
 def epoch_order(indices: np.ndarray, seed: int, epoch: int, rank: int, world: int, batch: int,

@@ -1,10 +1,14 @@
-"""SSL methods by config name (`method.name`); see base.py for the interface the trainer uses."""
+"""SSL methods by config name (`method.name`); see base.py for the interface the trainer uses.
+
+Adding a method: a new module beside these (its config dataclass and its `Method` subclass), and one
+entry in METHODS below; its config section appears in MethodConfig by itself.
+"""
 
 from __future__ import annotations
 
 from torch import nn
 
-from .base import Method, MethodConfig
+from .base import Method, compose_config
 from .byol import BYOL
 from .compress import CompRess
 from .jigsaw import Jigsaw
@@ -23,8 +27,10 @@ METHODS: dict[str, type[Method]] = {
     "compress": CompRess,  # the distillation defense (fastbd distill)
 }
 
+MethodConfig = compose_config(METHODS, default="moco")
 
-def make_method(cfg: MethodConfig, encoder: nn.Module, feat_dim: int, num_samples: int) -> Method:
+
+def make_method(cfg, encoder: nn.Module, feat_dim: int, num_samples: int) -> Method:
     """The configured method around `encoder` (feature width `feat_dim`); `num_samples` caps queues/banks."""
     if cfg.name not in METHODS:
         raise ValueError(f"method.name: unknown method {cfg.name!r}; known: {sorted(METHODS)}")

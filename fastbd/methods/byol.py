@@ -9,14 +9,14 @@ on a cosine schedule over training (Sec. 3.2).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..losses import byol_loss
-from ..models import ema_update, mlp
-from .base import Method, MethodConfig
-from .moco import frozen_copy
+from .base import Method
+from .blocks import add_byol_heads, ema_update
 
 
 def cosine_tau(tau_base: float, progress: float) -> float:
@@ -25,35 +25,35 @@ def cosine_tau(tau_base: float, progress: float) -> float:
     return 1 - (1 - tau_base) * (math.cos(math.pi * progress) + 1) / 2
 
 
-def add_byol_heads(m: Method, feat_dim: int, hidden: int, dim: int) -> None:
-    """Online projector + predictor (Linear-BN-ReLU-Linear, BYOL Sec. 3.3) and the momentum target
-    (a frozen copy of encoder + projector); MSF uses the same architecture."""
-    m.projector = mlp(feat_dim, hidden, dim)
-    m.predictor = mlp(dim, hidden, dim)
-    m.encoder_t = frozen_copy(m.encoder)
-    m.projector_t = frozen_copy(m.projector)
+@dataclass
+class ByolConfig:
+    dim: int = 128  # embedding (the paper's reference code: 128)
+    hidden: int = 1024  # projector and predictor hidden width, with BN
+    tau_base: float = 0.99  # target EMA, cosine-increased to 1 over training
+    asymmetric: bool = False  # the BYOL paper's asymmetric augmentation pair instead of the reference's symmetric one
 
 
 class BYOL(Method):
     VIEWS = ("byol", "byol")
+    Config = ByolConfig
 
-    def __init__(self, encoder: nn.Module, feat_dim: int, cfg: MethodConfig, num_samples: int):
+    def __init__(self, encoder: nn.Module, feat_dim: int, cfg, num_samples: int):
         super().__init__(encoder, feat_dim, cfg, num_samples)
         c = cfg.byol
         add_byol_heads(self, feat_dim, c.hidden, c.dim)
         self.tau = c.tau_base  # EMA rate used by the last after_step (logged)
 
     @classmethod
-    def views_for(cls, cfg: MethodConfig) -> tuple[str, ...]:
+    def views_for(cls, cfg) -> tuple[str, ...]:
         return ("byol_a", "byol_b") if cfg.byol.asymmetric else cls.VIEWS
 
-    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
         # One forward per view, like the reference: BN statistics are per view, not over both.
         p1, p2 = (self.predictor(self.projector(self.encoder(v))) for v in views[:2])
         with torch.no_grad():
             z1, z2 = (self.projector_t(self.encoder_t(v)) for v in views[:2])
         loss = byol_loss(p1, z2) + byol_loss(p2, z1)
-        return loss, {"loss": loss.item(), "tau": self.tau}
+        return loss, {"loss": loss.detach(), "tau": self.tau}
 
     # tau travels with the checkpoint, so the first logged value after a resume is the right one.
     def get_extra_state(self) -> dict:

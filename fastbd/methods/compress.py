@@ -10,6 +10,7 @@ KL between the softmax similarity distributions over the banks, temperature 0.04
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,15 +19,13 @@ from torch import nn
 
 from ..dist import all_gather_cat
 from ..losses import compress_loss
-from ..models import ema_update
-from .base import Method, MethodConfig
-from .moco import add_ring, fifo_enqueue, frozen_copy
+from ..models import ModelConfig
+from ..runs import load_encoder
+from .base import Method
+from .blocks import add_ring, ema_update, fifo_enqueue, frozen_copy
 
 
 def load_teacher(run: str) -> nn.Module:
-    from ..evaluate import load_encoder
-    from ..models import ModelConfig
-
     if not run:
         raise ValueError("method.compress.teacher: required (the run folder of the encoder to distil)")
     net, _ = load_encoder(Path(run), None, ModelConfig())
@@ -35,10 +34,21 @@ def load_teacher(run: str) -> nn.Module:
     return net.eval()
 
 
+@dataclass
+class CompressConfig:
+    teacher: str = ""  # run folder of the (possibly backdoored) encoder to distil
+    dim: int = 128  # student embedding
+    hidden: int = 512  # student MLP head hidden width
+    bank: int = 128000  # anchors per bank; capped to the clean subset's size
+    momentum: float = 0.999  # the momentum student that fills the student-space bank
+    temperature: float = 0.04  # both softmaxes (CompRess)
+
+
 class CompRess(Method):
     VIEWS = ("weak",)
+    Config = CompressConfig
 
-    def __init__(self, encoder: nn.Module, feat_dim: int, cfg: MethodConfig, num_samples: int):
+    def __init__(self, encoder: nn.Module, feat_dim: int, cfg, num_samples: int):
         super().__init__(encoder, feat_dim, cfg, num_samples)
         c = cfg.compress
         self.teacher = load_teacher(c.teacher)
@@ -55,7 +65,7 @@ class CompRess(Method):
         self.teacher.eval()  # frozen: BN statistics of the teacher never move
         return self
 
-    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
         x = views[0]
         s = F.normalize(self.head(self.encoder(x)), dim=1)
         with torch.no_grad():
@@ -66,7 +76,7 @@ class CompRess(Method):
         ptr = self.bank_ptr.clone()
         fifo_enqueue(self.bank_t, ptr, t_all)
         fifo_enqueue(self.bank_s, self.bank_ptr, m_all)
-        return loss, {"loss": loss.item()}
+        return loss, {"loss": loss.detach()}
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Method, MethodConfig
+from .base import Method
 
 ENUMERATE_UP_TO = 5040  # 7!: below this, every permutation is a candidate; above, a seeded random sample
 
@@ -84,10 +85,20 @@ def normalise_tiles(tiles: torch.Tensor) -> torch.Tensor:
     return (tiles - mean) / (std + 1e-5)
 
 
+@dataclass
+class JigsawConfig:
+    grid: int = 3  # tiles per side
+    permutations: int = 100  # classes: a fixed, seeded set of maximally different permutations
+    tile_jitter: int = 0  # px of random shift inside each tile (0 = none)
+    tile_norm: bool = True  # normalise each tile's mean/std on its own (Noroozi & Favaro 2016, Sec. 3.3: no shortcuts)
+    hidden: int = 1024  # width of the classifier MLP over the concatenated tile features
+
+
 class Jigsaw(Method):
     VIEWS = ("geometric",)
+    Config = JigsawConfig
 
-    def __init__(self, encoder: nn.Module, feat_dim: int, cfg: MethodConfig, num_samples: int):
+    def __init__(self, encoder: nn.Module, feat_dim: int, cfg, num_samples: int):
         super().__init__(encoder, feat_dim, cfg, num_samples)
         c = cfg.jigsaw
         n_tiles = c.grid * c.grid
@@ -96,7 +107,7 @@ class Jigsaw(Method):
         self.head = nn.Sequential(nn.Linear(n_tiles * feat_dim, c.hidden), nn.ReLU(inplace=True),
                                   nn.Linear(c.hidden, c.permutations))
 
-    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
         c = self.cfg.jigsaw
         x = views[0]
         tiles = cut_tiles(x, c.grid)
@@ -114,4 +125,4 @@ class Jigsaw(Method):
         logits = self.head(feats)
         loss = F.cross_entropy(logits, label)
         acc = (logits.detach().argmax(1) == label).float().mean()
-        return loss, {"loss": loss.item(), "acc": acc.item()}
+        return loss, {"loss": loss.detach(), "acc": acc}

@@ -7,7 +7,7 @@ direction only, as in MoCo v2: queries from view 0, keys from view 1.
 
 from __future__ import annotations
 
-import copy
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as tdist
@@ -16,16 +16,8 @@ from torch import nn
 
 from ..dist import all_gather_cat, rank, world_size
 from ..losses import info_nce
-from ..models import ema_update
-from .base import Method, MethodConfig
-
-
-def frozen_copy(m: nn.Module) -> nn.Module:
-    """A momentum copy: same weights at start (moco/builder.py copies q into k), no gradient."""
-    c = copy.deepcopy(m)
-    for p in c.parameters():
-        p.requires_grad_(False)
-    return c
+from .base import Method
+from .blocks import add_ring, ema_update, fifo_enqueue, frozen_copy
 
 
 def moco_head(feat_dim: int, hidden: int, dim: int) -> nn.Sequential:
@@ -55,31 +47,21 @@ def unshuffle_across_ranks(k: torch.Tensor, undo: torch.Tensor | None) -> torch.
     return k if undo is None else all_gather_cat(k)[undo]
 
 
-@torch.no_grad()
-def fifo_enqueue(buf: torch.Tensor, ptr: torch.Tensor, rows: torch.Tensor) -> None:
-    """Write `rows` into the ring buffer `buf` (K, D) at `ptr` and advance it, wrapping around, so K need
-    not be a multiple of the global batch (builder.py asserts it is). More rows than K: the last K win."""
-    size = buf.shape[0]
-    rows = rows[-size:].to(buf.dtype)
-    idx = (ptr + torch.arange(rows.shape[0], device=rows.device)) % size
-    buf[idx] = rows
-    ptr.copy_((ptr + rows.shape[0]) % size)
-
-
-def add_ring(module: nn.Module, name: str, capacity: int, num_samples: int, dim: int,
-             ptr: str | None = None) -> None:
-    """Register a (K, dim) buffer of random unit rows (builder.py's queue init), K = min(capacity, training
-    set) because more rows than images would only hold stale copies; `ptr` names its write pointer."""
-    k = max(1, min(capacity, num_samples))
-    module.register_buffer(name, F.normalize(torch.randn(k, dim), dim=1))
-    if ptr:
-        module.register_buffer(ptr, torch.zeros((), dtype=torch.long))
+@dataclass
+class MocoConfig:
+    dim: int = 128  # projection output
+    hidden: int = 2048  # MLP head hidden width (MoCo v2: 2048 for ResNet-50; 512 = backbone width for ResNet-18)
+    queue: int = 65536  # negatives; capped to the training set size
+    momentum: float = 0.999  # key-encoder EMA
+    temperature: float = 0.2  # InfoNCE softmax temperature (MoCo v2: 0.2)
+    shuffle_bn: bool = True  # shuffle keys across ranks before the key encoder (MoCo Sec. 3.3); no-op in one process
 
 
 class MoCo(Method):
     VIEWS = ("mocov2", "mocov2")
+    Config = MocoConfig
 
-    def __init__(self, encoder: nn.Module, feat_dim: int, cfg: MethodConfig, num_samples: int):
+    def __init__(self, encoder: nn.Module, feat_dim: int, cfg, num_samples: int):
         super().__init__(encoder, feat_dim, cfg, num_samples)
         c = cfg.moco
         self.head = moco_head(feat_dim, c.hidden, c.dim)
@@ -87,7 +69,11 @@ class MoCo(Method):
         self.head_k = frozen_copy(self.head)
         add_ring(self, "queue", c.queue, num_samples, c.dim, ptr="queue_ptr")  # (K, D) negatives
 
-    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def allows_sync_bn(self) -> bool:
+        # Global BN statistics would undo what shuffling the keys across ranks is for (MoCo, Sec. 3.3).
+        return not self.cfg.moco.shuffle_bn
+
+    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
         c = self.cfg.moco
         q = F.normalize(self.head(self.encoder(views[0])), dim=1)
         with torch.no_grad():
@@ -98,7 +84,7 @@ class MoCo(Method):
         loss, logits = info_nce(q, k, self.queue.clone(), c.temperature, return_logits=True)
         fifo_enqueue(self.queue, self.queue_ptr, all_gather_cat(k))
         acc = (logits.detach().argmax(1) == 0).float().mean()
-        return loss, {"loss": loss.item(), "acc": acc.item()}
+        return loss, {"loss": loss.detach(), "acc": acc}
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:

@@ -8,35 +8,45 @@ target, the strong (MoCo v2) view to the online network; one direction, not symm
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..dist import all_gather_cat
 from ..losses import msf_loss
-from ..models import ema_update
-from .base import Method, MethodConfig
-from .byol import add_byol_heads
-from .moco import add_ring, fifo_enqueue
+from .base import Method
+from .blocks import add_byol_heads, add_ring, ema_update, fifo_enqueue
+
+
+@dataclass
+class MsfConfig:
+    dim: int = 128  # projection output
+    hidden: int = 1024  # projector and predictor hidden width, with BN
+    bank: int = 128000  # memory bank size; capped to the training set size
+    topk: int = 10  # nearest neighbours of the target embedding
+    momentum: float = 0.99  # target EMA
 
 
 class MSF(Method):
     VIEWS = ("weak", "mocov2")  # view 0 -> target, view 1 -> online
+    Config = MsfConfig
 
-    def __init__(self, encoder: nn.Module, feat_dim: int, cfg: MethodConfig, num_samples: int):
+    def __init__(self, encoder: nn.Module, feat_dim: int, cfg, num_samples: int):
         super().__init__(encoder, feat_dim, cfg, num_samples)
         c = cfg.msf
         add_byol_heads(self, feat_dim, c.hidden, c.dim)
         add_ring(self, "bank", c.bank, num_samples, c.dim, ptr="bank_ptr")  # (K, D) target embeddings
 
-    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
         q = self.predictor(self.projector(self.encoder(views[1])))
         with torch.no_grad():
             t = F.normalize(self.projector_t(self.encoder_t(views[0])), dim=1)
         # Neighbours come from the bank as it was before this batch, plus each sample's own target.
         loss = msf_loss(q, t, self.bank.clone(), self.cfg.msf.topk)
         fifo_enqueue(self.bank, self.bank_ptr, all_gather_cat(t))
-        return loss, {"loss": loss.item()}
+        return loss, {"loss": loss.detach()}
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:

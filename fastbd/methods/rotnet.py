@@ -7,11 +7,13 @@ pooled features predicts which rotation it sees.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Method, MethodConfig
+from .base import Method
 
 
 def rotate_all(x: torch.Tensor, rotations: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,18 +31,24 @@ def rotate_all(x: torch.Tensor, rotations: int) -> tuple[torch.Tensor, torch.Ten
     return out, labels
 
 
+@dataclass
+class RotnetConfig:
+    rotations: int = 4  # 0, 90, 180, 270 degrees
+
+
 class RotNet(Method):
     VIEWS = ("geometric",)
+    Config = RotnetConfig
 
-    def __init__(self, encoder: nn.Module, feat_dim: int, cfg: MethodConfig, num_samples: int):
+    def __init__(self, encoder: nn.Module, feat_dim: int, cfg, num_samples: int):
         super().__init__(encoder, feat_dim, cfg, num_samples)
         if cfg.rotnet.rotations not in (2, 4):
             raise ValueError(f"method.rotnet.rotations must be 2 or 4, got {cfg.rotnet.rotations}")
         self.classifier = nn.Linear(feat_dim, cfg.rotnet.rotations)
 
-    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
         x, y = rotate_all(views[0], self.cfg.rotnet.rotations)
         logits = self.classifier(self.encoder(x))
         loss = F.cross_entropy(logits, y)
         acc = (logits.detach().argmax(1) == y).float().mean()
-        return loss, {"loss": loss.item(), "acc": acc.item()}
+        return loss, {"loss": loss.detach(), "acc": acc}

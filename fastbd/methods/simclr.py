@@ -6,13 +6,15 @@ ranks' projections join as extra negatives (the reference gathers across TPU cor
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from ..dist import all_gather_cat, rank, world_size
 from ..losses import nt_xent
-from ..models import mlp
-from .base import Method, MethodConfig
+from .base import Method
+from .blocks import mlp
 
 
 def other_ranks(z: torch.Tensor) -> torch.Tensor | None:
@@ -25,17 +27,25 @@ def other_ranks(z: torch.Tensor) -> torch.Tensor | None:
     return zs[keep].flatten(0, 1)
 
 
+@dataclass
+class SimclrConfig:
+    dim: int = 128  # projection output
+    hidden: int = 2048  # projection head hidden width, with BN
+    temperature: float = 0.2  # NT-Xent softmax temperature
+
+
 class SimCLR(Method):
     VIEWS = ("simclr", "simclr")
+    Config = SimclrConfig
 
-    def __init__(self, encoder: nn.Module, feat_dim: int, cfg: MethodConfig, num_samples: int):
+    def __init__(self, encoder: nn.Module, feat_dim: int, cfg, num_samples: int):
         super().__init__(encoder, feat_dim, cfg, num_samples)
         c = cfg.simclr
         self.head = mlp(feat_dim, c.hidden, c.dim)
 
-    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
         n = views[0].shape[0]
         # Both views in one pass: the reference encodes the 2N batch together (one set of BN statistics).
         z = self.head(self.encoder(torch.cat(views[:2], 0)))
         loss = nt_xent(z[:n], z[n:], self.cfg.simclr.temperature, other_ranks(z))
-        return loss, {"loss": loss.item()}
+        return loss, {"loss": loss.detach()}

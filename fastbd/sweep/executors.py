@@ -22,11 +22,13 @@ from collections import deque
 from pathlib import Path
 from typing import Callable
 
+from beton_builders.host import cores
+from fastbd.config import UserError
 from fastbd.sweep.plan import LocalConfig, SlurmConfig
 from fastbd.sweep.stages import build_one, read_json, run_one, write_json
 
 
-class SweepLocked(RuntimeError):
+class SweepLocked(UserError, RuntimeError):
     """Another `fastbd sweep` is running on the same folder."""
 
 
@@ -60,7 +62,7 @@ def _env(slot: str | None, n_slots: int) -> dict:
         env["CUDA_VISIBLE_DEVICES"] = slot
     else:  # CPU runs side by side share the cores instead of each taking them all
         env["CUDA_VISIBLE_DEVICES"] = ""
-        env.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // n_slots)))
+        env.setdefault("OMP_NUM_THREADS", str(max(1, cores() // n_slots)))
     return env
 
 

@@ -52,9 +52,9 @@ class LocalConfig:
 
 @dataclass
 class SlurmConfig:
-    partition: Optional[str] = None
-    account: Optional[str] = None
-    qos: Optional[str] = None
+    partition: Optional[str] = None  # SLURM partition (None: the cluster's default)
+    account: Optional[str] = None  # SLURM account to charge
+    qos: Optional[str] = None  # SLURM quality of service
     time: int = 720  # minutes per run
     gpus_per_run: int = 1  # >1: torchrun inside the job
     cpus_per_gpu: int = 16  # cpus-per-task = gpus_per_run x this (the data loaders' CPU share)
@@ -62,7 +62,7 @@ class SlurmConfig:
     array_parallelism: int = 64  # array tasks running at once
     build_time: int = 240  # minutes per dataset build
     build_cpus: int = 32  # cores per dataset build (decode, paste, encode in parallel)
-    build_mem_gb: int = 64
+    build_mem_gb: int = 64  # per dataset build
     max_requeue: int = 3  # requeues after preemption or timeout (a requeued run resumes from its checkpoint)
     setup: list[str] = field(default_factory=list)  # shell lines run before each task, e.g. "source .venv/bin/activate"
     additional: dict[str, str] = field(default_factory=dict)  # extra #SBATCH options, e.g. {constraint: h100}
@@ -70,7 +70,7 @@ class SlurmConfig:
 
 @dataclass
 class SweepConfig:
-    name: str = "sweep"
+    name: str = "sweep"  # free text: the report's title and the SLURM job names
     out: str = "sweeps/default"  # sweep folder
     poison: str = "???"  # poison spec YAML, the base of every build; relative to the sweep file
     poison_overrides: list[str] = field(default_factory=list)  # key=value on every build
@@ -137,7 +137,7 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "_", s).strip("_")[:40] or "x"
 
 
-def _without(d: dict, *paths: str) -> dict:
+def without(d: dict, *paths: str) -> dict:
     """A deep copy of `d` with the dotted `paths` removed (the parts of a config that name folders)."""
     d = json.loads(json.dumps(d, default=str))
     for p in paths:
@@ -215,7 +215,7 @@ def _training_identity(cfg: SweepConfig, build: dict, rate: float) -> dict:
     the same bytes in every trigger/target build of one source (the trigger, target and poisoning seed only
     choose and paint the poisoned copies), so with grid.share_clean it is one run evaluated on every pair."""
     if rate == 0 and cfg.grid.share_clean:
-        return {"clean": _without(build["spec"], "name", "trigger", "attack", "seed")}
+        return {"clean": without(build["spec"], "name", "trigger", "attack", "seed")}
     return {"build": build["spec"]}
 
 
@@ -232,7 +232,7 @@ def make_plan(cfg: SweepConfig) -> dict:
     for method, rate, seed, pair in product(cfg.grid.methods, cfg.grid.rates, cfg.grid.seeds, builds):
         b = builds[pair]
         train = _train_cfg(cfg, method, b, rate, seed)
-        rid = digest({**_training_identity(cfg, b, rate), "train": _without(to_dict(train), "out", "data.path")})
+        rid = digest({**_training_identity(cfg, b, rate), "train": without(to_dict(train), "out", "data.path")})
         if rid in runs:
             if rate == 0 and cfg.grid.share_clean and b["id"] not in runs[rid]["attacks"]:
                 runs[rid]["attacks"].append(b["id"])

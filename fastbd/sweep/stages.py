@@ -21,16 +21,12 @@ import traceback
 from pathlib import Path
 from typing import Callable, Optional
 
+from beton_builders.files import atomic_write_bytes, write_json
+from beton_builders.manifest import built
 from fastbd.config import from_dict, load_config, to_dict, to_yaml
-from fastbd.runs import atomic_write_bytes
-from fastbd.sweep.plan import _without, digest
+from fastbd.sweep.plan import digest, without
 
 MARKER = ".fastbd_stage.json"
-
-
-def write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, default=str) + "\n").encode())
 
 
 def read_json(path: Path, default=None):
@@ -55,11 +51,11 @@ def find_run(plan: dict, run_id: str) -> dict:
 
 def _train_hash(cfg: dict) -> str:
     # folders are not part of a stage's identity (the sweep folder may move); the teacher is the run's own
-    return digest(_without(cfg, "out", "data.path", "method.compress.teacher"))
+    return digest(without(cfg, "out", "data.path", "method.compress.teacher"))
 
 
 def _eval_hash(entry: dict) -> str:
-    return digest([_without(entry["cfg"], "out", "data"), entry["build"]])  # the build: which trigger/target
+    return digest([without(entry["cfg"], "out", "data"), entry["build"]])  # the build: which trigger/target
 
 
 def stage_done(folder: Path, h: str) -> bool:
@@ -155,7 +151,7 @@ def run_one(sweep_dir: str | Path, run_id: str, nproc: int = 1, log: Callable[[s
     try:
         for bid in dict.fromkeys([run["build"], *run["attacks"]]):
             d = Path(plan["builds"][bid]["dir"])
-            if not (d / "manifest.json").is_file():
+            if not built(d):
                 err = d.with_suffix(".error.txt")
                 raise FileNotFoundError(f"dataset {d} was not built" + (f"; see {err}" if err.exists() else ""))
         redone: set[str] = set()  # train/distill folders (re)trained in this call: what reads them reruns
@@ -191,7 +187,7 @@ def build_one(sweep_dir: str | Path, build_id: str, log: Callable[[str], None] =
     b = load_plan(sweep_dir)["builds"][build_id]
     out = Path(b["dir"])
     err = out.with_suffix(".error.txt")
-    if (out / "manifest.json").is_file():
+    if built(out):
         return True
     try:
         spec = validate(from_dict(PoisonSpec, b["spec"], f"build {build_id}"))
@@ -206,13 +202,19 @@ def build_one(sweep_dir: str | Path, build_id: str, log: Callable[[str], None] =
         return False
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def parser():
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m fastbd.sweep", description="run one run of a sweep")
-    ap.add_argument("sweep_dir")
-    ap.add_argument("run_id")
+    ap = argparse.ArgumentParser(prog="python -m fastbd.sweep",
+                                 description="Run every pending stage of one run of a sweep (what the local "
+                                             "executor spawns); the result is in SWEEP_DIR/runs/RUN_ID/status.json.")
+    ap.add_argument("sweep_dir", help="a `fastbd sweep` folder (holds plan.json)")
+    ap.add_argument("run_id", help="the run's id, as listed by `fastbd sweep --dry-run` and in plan.json")
     ap.add_argument("--nproc", type=int, default=1, help="GPUs for this run's training (torchrun when > 1)")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    a = parser().parse_args(argv)
     log = lambda s: print(s, flush=True)
     return 0 if run_one(a.sweep_dir, a.run_id, a.nproc, log)["state"] == "done" else 1

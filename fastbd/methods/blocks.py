@@ -1,0 +1,72 @@
+"""Building blocks several SSL methods share: momentum (EMA) copies, FIFO ring banks, projection and
+prediction heads. A new method takes what it needs from here instead of from a sibling method.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+# ----- momentum copies ------------------------------------------------------------------------------------
+
+def frozen_copy(m: nn.Module) -> nn.Module:
+    """A momentum copy: same weights at start (moco/builder.py copies q into k), no gradient."""
+    c = copy.deepcopy(m)
+    for p in c.parameters():
+        p.requires_grad_(False)
+    return c
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """target = m * target + (1 - m) * online over parameters only; BN statistics of the target are its
+    own, from its own forward passes, as in moco/builder.py (_momentum_update_key_encoder) and BYOL."""
+    for t, o in zip(target.parameters(), online.parameters()):
+        t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)
+
+
+# ----- FIFO ring banks (MoCo queue, MSF memory bank, CompRess anchors) ---------------------------------
+
+@torch.no_grad()
+def fifo_enqueue(buf: torch.Tensor, ptr: torch.Tensor, rows: torch.Tensor) -> None:
+    """Write `rows` into the ring buffer `buf` (K, D) at `ptr` and advance it, wrapping around, so K need
+    not be a multiple of the global batch (builder.py asserts it is). More rows than K: the last K win."""
+    size = buf.shape[0]
+    rows = rows[-size:].to(buf.dtype)
+    idx = (ptr + torch.arange(rows.shape[0], device=rows.device)) % size
+    buf[idx] = rows
+    ptr.copy_((ptr + rows.shape[0]) % size)
+
+
+def add_ring(module: nn.Module, name: str, capacity: int, num_samples: int, dim: int,
+             ptr: str | None = None) -> None:
+    """Register a (K, dim) buffer of random unit rows (builder.py's queue init), K = min(capacity, training
+    set) because more rows than images would only hold stale copies; `ptr` names its write pointer."""
+    k = max(1, min(capacity, num_samples))
+    module.register_buffer(name, F.normalize(torch.randn(k, dim), dim=1))
+    if ptr:
+        module.register_buffer(ptr, torch.zeros((), dtype=torch.long))
+
+
+# ----- heads ----------------------------------------------------------------------------------------------
+
+def mlp(in_dim: int, hidden: int, out_dim: int, bn_last: bool = False) -> nn.Sequential:
+    """Linear-BN-ReLU-Linear: the BYOL / MSF / SimCLR projection head shape (MoCo v2's head has no BN)."""
+    layers: list[nn.Module] = [nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                               nn.Linear(hidden, out_dim)]
+    if bn_last:
+        layers.append(nn.BatchNorm1d(out_dim, affine=False))
+    return nn.Sequential(*layers)
+
+
+def add_byol_heads(m: nn.Module, feat_dim: int, hidden: int, dim: int) -> None:
+    """Online projector + predictor (Linear-BN-ReLU-Linear, BYOL Sec. 3.3) and the momentum target
+    (a frozen copy of encoder + projector); MSF uses the same architecture."""
+    m.projector = mlp(feat_dim, hidden, dim)
+    m.predictor = mlp(dim, hidden, dim)
+    m.encoder_t = frozen_copy(m.encoder)
+    m.projector_t = frozen_copy(m.projector)

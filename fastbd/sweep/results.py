@@ -1,0 +1,70 @@
+"""A sweep's results: one row per evaluated encoder, collected from the run folders, and the report.
+
+    fastbd report SWEEP_DIR        (report_sweep: SWEEP/summary.csv, summary.md, plots/ via fastbd.report)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+from beton_builders.manifest import built, load_manifest, poisoned_count
+from beton_builders.spec import RATE_UNITS
+from fastbd.report import METRIC_KEYS, write_report
+from fastbd.sweep.stages import load_plan, read_json
+
+
+def _variants(run: dict) -> list[tuple[str, Optional[float], list[dict]]]:
+    """(defense, clean_fraction, eval entries) of a run: the attacked encoder, then each student."""
+    out = [("none", None, run["evals"])]
+    for k, d in run["distills"].items():
+        out.append(("distill", float(d["data"]["clean_fraction"]), run["distill_evals"][k]))
+    return out
+
+
+def _poisoned_count(build_dir: Path, rate: float) -> Optional[int]:
+    """None while the build is not there (yet)."""
+    if not built(build_dir):
+        return 0 if rate == 0 else None
+    return poisoned_count(load_manifest(build_dir), rate)
+
+
+def _row(run: dict, build: dict, defense: str, cf: Optional[float], ecfg: dict, status: dict) -> dict:
+    p, lf = run["params"], float(ecfg["probe"]["label_fraction"])
+    row = {"run_id": run["id"], "method": p["method"], "trigger": build["trigger"], "target": build["target"],
+           "rate": p["rate"], "poisoned": _poisoned_count(Path(build["dir"]), p["rate"]), "seed": p["seed"],
+           "defense": defense, "clean_fraction": cf, "label_fraction": lf, "state": "pending", "error": None,
+           **{k: None for k in METRIC_KEYS}}
+    rep = read_json(Path(ecfg["out"]) / "report.json")
+    if rep is not None:
+        m = rep[rep["protocol"]]
+        row.update({k: m.get(k) for k in METRIC_KEYS}, state="done")
+        k0 = ecfg["knn_k"][0] if ecfg["knn_k"] else None
+        row["knn_top1"] = rep.get(f"knn_k{k0}_lf{lf:g}_top1")
+    elif status.get("state") == "failed":
+        row.update(state="failed", error=status.get("error"))
+    return row
+
+
+def collect_rows(sweep_dir: str | Path) -> list[dict]:
+    """One row per (run, defense variant, trigger/target pair, label fraction), in fastbd.report's schema."""
+    plan = load_plan(sweep_dir)
+    rows = []
+    for run in plan["runs"]:
+        status = read_json(Path(run["dir"]) / "status.json", {})
+        for defense, cf, entries in _variants(run):
+            rows += [_row(run, plan["builds"][e["build"]], defense, cf, e["cfg"], status) for e in entries]
+    return rows
+
+
+def report_sweep(sweep_dir: str | Path, log: Callable[[str], None] = print) -> list[Path]:
+    """Write SWEEP/summary.csv, summary.md and plots/ from whatever has finished so far."""
+    sweep_dir = Path(sweep_dir)
+    plan = load_plan(sweep_dir)
+    rows = collect_rows(sweep_dir)
+    modes = {b["spec"]["attack"]["rate_mode"] for b in plan["builds"].values()}
+    unit = RATE_UNITS.get(modes.pop()) if len(modes) == 1 else None
+    paths = write_report(sweep_dir, rows, title=f"Sweep {plan['name']}",
+                         rate_label="poison rate" + (f" ({unit})" if unit else ""))
+    log(f"report: {sweep_dir / 'summary.md'} ({len(rows)} rows, {len(paths)} files)")
+    return paths
