@@ -1,6 +1,8 @@
 """The fastbd command line: thin wrappers over the library (everything here is importable too).
 
     fastbd build-beton --config configs/poison/demo.yaml --out out/demo [key=value ...]
+    fastbd build-beton --config poison-generation/cfg/X.cfg --out out/x source.root=...   (the reference's INI)
+    fastbd export-reference out/demo --out out/demo_ref   (JPEG folders + "path label" lists for the reference)
     fastbd inspect out/demo
     fastbd make-synthetic --out data/synth source.synthetic.width=500 ...
     fastbd train --config configs/ssl/moco_resnet18.yaml data.path=out/demo out=runs/moco
@@ -30,17 +32,28 @@ def _fail(e: Exception) -> None:
 @app.command("build-beton")
 def build_beton(
     out: Path = typer.Option(..., "--out", help="output folder (train/val/val_poisoned .beton, dali/, manifest.json)"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="poison spec YAML (overrides only)"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="poison spec YAML (overrides only), or the "
+                                          "reference code's .cfg (generate_poison.py INI: translated, printed)"),
     force: bool = typer.Option(False, "--force", help="replace an existing output folder"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved spec and build nothing"),
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. attack.rates=[0.1,0.5]"),
 ) -> None:
     """Compile a poisoned dataset: triggers baked in, FFCV and DALI files, and a manifest."""
     from beton_builders import BuildError, build, load_spec
+    from beton_builders.reference_cfg import is_reference_cfg, translate
     from beton_builders.summary import summary
-    from fastbd.config import ConfigError
+    from fastbd.config import ConfigError, to_yaml
 
     try:
-        spec = load_spec(config, overrides or [])
+        if is_reference_cfg(config):
+            tr = translate(config)
+            typer.echo(tr.text())
+            spec = load_spec(None, [*tr.overrides, *(overrides or [])])
+        else:
+            spec = load_spec(config, overrides or [])
+        if dry_run:
+            typer.echo(to_yaml(spec))
+            return
         build(spec, out, force=force)
     except (ConfigError, BuildError) as e:
         _fail(e)
