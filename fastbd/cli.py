@@ -77,6 +77,28 @@ def inspect(
         _fail(e)
 
 
+@app.command("export-reference")
+def export_reference_cmd(
+    folder: Path = typer.Argument(..., help="a build-beton output folder"),
+    out: Path = typer.Option(..., "--out", help="folder for the image folders and `path label` file lists"),
+    rate: Optional[List[float]] = typer.Option(None, "--rate", help="write the training list of this rate "
+                                               "(repeatable; default: every rate of the build)"),
+    patch_params: bool = typer.Option(False, "--patch-params", help="append each poisoned box `x y w h` "
+                                      "to its training-list line (the reference's patch_params layout)"),
+    force: bool = typer.Option(False, "--force", help="replace an existing output folder"),
+) -> None:
+    """Write a build in the reference code's layout: JPEG folders plus `path label` file lists."""
+    from beton_builders.export_reference import ExportError, export_reference
+
+    try:
+        rec = export_reference(folder, out, rate or None, patch_params=patch_params, force=force,
+                               log=lambda s: typer.echo(f"[export-reference] {s}", err=True))
+    except ExportError as e:
+        _fail(e)
+    for name, n in rec["lists"].items():
+        typer.echo(f"  {out / name}  {n} lines")
+
+
 @app.command("make-synthetic")
 def make_synthetic(
     out: Path = typer.Option(..., "--out", help="folder to write train/<class>/*.jpg and val/<class>/*.jpg"),
