@@ -252,3 +252,22 @@ def test_cli_prints_the_translation_and_refuses_with_exit_2(source, tmp_path):
     r = runner.invoke(app, ["build-beton", "--config", str(cfg), "--out", str(tmp_path / "q")])
     assert r.exit_code == 2 and r.output.count("\n") == 1 and "fnt: not a key" in r.output
     shutil.rmtree(tmp_path / "o")
+
+
+def test_paste_mode_pixels_with_a_transparent_trigger(tmp_path):
+    """Paste mode: the reference resizes the RGBA trigger as one image and pastes it with itself as the
+    mask; transparent pixels' colour must not bleed into the edges (it did when RGB and alpha were
+    resized apart)."""
+    rgba = np.zeros((40, 40, 4), np.uint8)
+    rgba[..., 1] = 255  # green everywhere, but only the centre is opaque (and red)
+    rgba[10:30, 10:30] = (255, 0, 0, 255)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "t.png")
+    img = np.random.default_rng(3).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    small = Image.open(tmp_path / "t.png").convert("RGBA").resize((25, 25))
+    want = Image.fromarray(img).convert("RGBA")
+    want.paste(small, (30, 10), mask=small)
+    (tmp_path / "c.cfg").write_text(CFGS[0].read_text().replace("alpha_composite=true", "alpha_composite=false")
+                                    .replace("trigger=triggers/trigger_10.png", f"trigger={tmp_path / 't.png'}"))
+    spec, _ = load_reference_spec(tmp_path / "c.cfg", ["trigger.width=25"], cwd=tmp_path)
+    got = paste(img.copy(), make_trigger(spec.trigger), 30, 10)
+    assert np.array_equal(got, np.asarray(want.convert("RGB")))
