@@ -12,7 +12,7 @@ Stages, all in one process pool (every core):
   6. each split's .beton filled from the tar bytes (identical pixels for FFCV and DALI), manifest.
 Everything is written under a hidden temporary folder beside the output and renamed into place at the
 end, so an interrupted build leaves nothing under the final name, and a rerun starts clean.
-Reference figure: benchmarks/build_throughput.py (see README for the numbers and hardware).
+Throughput: benchmarks/build_throughput.py (see README, "Benchmarks", for the numbers and hardware).
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from fastbd.config import ConfigError
 
@@ -275,13 +275,16 @@ def _alphas(c: _Cfg, mode: str, trigger_file: Path | None) -> Row:
         return Row(src, ["trigger.alpha=1.0"], "paste mode: the trigger's alpha channel is its mask; "
                                                "train_alpha and val_alpha unused")
     if trigger_file is not None:
-        with Image.open(trigger_file) as im:
-            rgba = im.convert("RGBA") if "A" in im.getbands() or "transparency" in im.info else None
-            if rgba is not None and rgba.getextrema()[3][0] < 255:
-                raise c.fail("alpha_composite", f"true with a trigger that has transparent pixels ({trigger_file}): "
-                                                "the reference then ignores the trigger's alpha at train_alpha=0 and "
-                                                "blends it non-linearly otherwise, which fastbd does not reproduce; "
-                                                "use an opaque trigger or alpha_composite=false")
+        try:
+            with Image.open(trigger_file) as im:
+                rgba = im.convert("RGBA") if "A" in im.getbands() or "transparency" in im.info else None
+        except (OSError, UnidentifiedImageError):
+            rgba = None  # an unreadable trigger is named when the trigger is made
+        if rgba is not None and rgba.getextrema()[3][0] < 255:
+            raise c.fail("alpha_composite", f"true with a trigger that has transparent pixels ({trigger_file}): "
+                                            "the reference then ignores the trigger's alpha at train_alpha=0 and "
+                                            "blends it non-linearly otherwise, which fastbd does not reproduce; "
+                                            "use an opaque trigger or alpha_composite=false")
     ov, parts = [], []
     for key, name in (("train_alpha", "trigger.alpha"), ("val_alpha", "trigger.val_alpha")):
         a = c.num(key)

@@ -271,3 +271,27 @@ def test_paste_mode_pixels_with_a_transparent_trigger(tmp_path):
     spec, _ = load_reference_spec(tmp_path / "c.cfg", ["trigger.width=25"], cwd=tmp_path)
     got = paste(img.copy(), make_trigger(spec.trigger), 30, 10)
     assert np.array_equal(got, np.asarray(want.convert("RGB")))
+
+
+def test_eval_resizes_full_size_val_poisoned_like_val(tiny_build, tmp_path, monkeypatch):
+    """val_resize=0 (paste and text modes) stores val_poisoned at full size: evaluation must then resize
+    and crop it like val, not treat it as an already-cropped image."""
+    import torch
+
+    from fastbd import evaluate as ev
+    from conftest import tiny_spec
+
+    seen = []
+
+    def batches(folder, split, indices, cfg, resize):
+        seen.append((split, resize))
+        yield torch.zeros(1, 3, 4, 4), torch.zeros(1, dtype=torch.long)
+
+    monkeypatch.setattr(ev, "_torch_batches", batches)
+    full = tmp_path / "full"
+    m = build(tiny_spec("storage.val_resize=0"), full, log=quiet)
+    assert m["storage"]["val_transform"].startswith("none") and m["val_poisoned"]["box"][0][2:] == [8, 8]
+    cfg = ev.EvalConfig(res=40, resize=48, amp="none")
+    for folder in (tiny_build, full):
+        ev.extract(torch.nn.Flatten(), folder, "val_poisoned", None, cfg, torch.device("cpu"))
+    assert seen == [("val_poisoned", 40), ("val_poisoned", 48)]
