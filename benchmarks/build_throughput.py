@@ -160,6 +160,11 @@ def reference_cfg(example: Path, dest: Path, **values: str) -> Path:
     return dest
 
 
+def git_commit(path: Path) -> str | None:
+    r = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
 def run_reference(pg: Path, work: Path, cfg: Path) -> tuple[float, float]:
     c0, t0 = cpu_seconds(), time.perf_counter()
     r = subprocess.run([sys.executable, "-c", REFERENCE_SHIM, str(pg / "generate_poison.py"), str(cfg)], cwd=work,
@@ -221,7 +226,7 @@ def versus_reference(args, out: Path, src: Path, hw: dict) -> None:
               "load_avg_1_5_15": {"before": load[0], "after_reference": load[1], "after_fastbd": load[2]},
               "source": f"synthetic ~500x375 JPEG q92, {len(wnids)} classes x {args.train_per_class} train "
                         f"+ {max(1, args.train_per_class // 10)} val, target {wnids[0]}",
-              "reference": {"checkout": str(pg), "runs": runs, "cumulative_wall_s": cum,
+              "reference": {"checkout": str(pg), "commit": git_commit(pg), "runs": runs, "cumulative_wall_s": cum,
                             "total_cpu_s": sum(r["cpu_s"] for r in runs),
                             "python_start_and_imports_per_run": startup},
               "fastbd": {"rates": args.rates, "wall_s": t_fast, "cpu_s": c_fast, "images_written": n_fast,
