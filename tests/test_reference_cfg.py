@@ -248,6 +248,10 @@ def test_cli_prints_the_translation_and_refuses_with_exit_2(source, tmp_path):
     assert "translated:" in r.output and "trigger.alpha=1.0" in r.output and "5 poisoned" in r.output
     r = runner.invoke(app, ["build-beton", "--config", str(cfg), "--out", str(tmp_path / "p")])
     assert r.exit_code == 2 and "<imagenet100-root>" in r.output  # the placeholder root is named
+    r = runner.invoke(app, ["build-beton", "--config", str(cfg), "--out", str(tmp_path / "p"), "--dry-run",
+                            f"source.root={source}"])
+    assert r.exit_code == 0 and "range_of: box" in r.output and "target: n02701002" in r.output
+    assert not (tmp_path / "p").exists()
     cfg.write_text(cfg.read_text() + "fnt=1\n")
     r = runner.invoke(app, ["build-beton", "--config", str(cfg), "--out", str(tmp_path / "q")])
     assert r.exit_code == 2 and r.output.count("\n") == 1 and "fnt: not a key" in r.output
