@@ -12,7 +12,7 @@ Stages, all in one process pool (every core):
   6. each split's .beton filled from the tar bytes (identical pixels for FFCV and DALI), manifest.
 Everything is written under a hidden temporary folder beside the output and renamed into place at the
 end, so an interrupted build leaves nothing under the final name, and a rerun starts clean.
-Reference figure: benchmarks/build_throughput.py (see README for the numbers and hardware).
+Throughput: benchmarks/build_throughput.py (see README, "Benchmarks", for the numbers and hardware).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from .poison import select_poison
 from .process import RESIZE_FILTER, Result, Task, init_worker, run_chunk
 from .sources import open_source, resolve_class
 from .spec import PoisonSpec, validate
-from .triggers import make_trigger
+from .triggers import find_font, make_triggers
 
 CHUNK = 16  # samples per worker task: small enough to balance, large enough to amortise IPC
 
@@ -147,15 +147,19 @@ def _build_into(spec: PoisonSpec, folder: Path, log) -> tuple[dict, dict]:
     source = open_source(spec.source)
     classes = source.classes
     target = resolve_class(classes, spec.attack.target) if spec.attack.targeted else None
-    trigger = make_trigger(spec.trigger)
-    if max(trigger.size) > spec.storage.val_crop:
+    triggers = make_triggers(spec.trigger)
+    trigger = triggers["train"]
+    if spec.trigger.kind == "text":
+        log(f"text trigger {spec.trigger.text!r}: {trigger.size[0]}x{trigger.size[1]} px, font "
+            f"{find_font(spec.trigger.font) or 'Pillow built-in'} at {spec.trigger.font_size} px")
+    if spec.storage.val_resize and max(trigger.size) > spec.storage.val_crop:
         raise ConfigError(f"trigger.width: the {trigger.size[0]}x{trigger.size[1]} px trigger does not fit the "
                           f"{spec.storage.val_crop} px validation crop (storage.val_crop)")
     items = {s: source.items(s) for s in ("train", "val")}
     for s, its in items.items():
         if not its:
             raise ConfigError(f"source: the {s} split has no images")
-    runner = _Runner(spec, source, trigger, _workers(spec), log)
+    runner = _Runner(spec, source, triggers, _workers(spec), log)
     # Importing FFCV costs ~4 CPU-seconds (numba); do it while the pool works.
     ffcv_import = threading.Thread(target=importlib.import_module, args=("ffcv.writer",), daemon=True)
     ffcv_import.start()
@@ -175,7 +179,10 @@ def _build_into(spec: PoisonSpec, folder: Path, log) -> tuple[dict, dict]:
     for split, its, dg in (("train", items["train"], digests), ("val", items["val"], vdigests)):
         for (key, label), d in zip(its, dg):
             fingerprint.update(f"{split}\t{key}\t{label}\t{d}\n".encode())
-    trig_hash = hashlib.sha256(trigger.rgb.tobytes() + trigger.mask.tobytes()).hexdigest()
+    trig_hash = hashlib.sha256(trigger.rgb.tobytes() + trigger.mask.tobytes())
+    if triggers["val"] is not trigger:  # trigger.val_alpha set: the val_poisoned variant is hashed too
+        trig_hash.update(triggers["val"].rgb.tobytes() + triggers["val"].mask.tobytes())
+    trig_hash = trig_hash.hexdigest()
     n_clean = len(train.sizes) - len(poisoned)
     manifest = {
         "schema": mf.SCHEMA,
@@ -192,7 +199,8 @@ def _build_into(spec: PoisonSpec, folder: Path, log) -> tuple[dict, dict]:
                     "resize_rule": "longest side <= max_resolution, ffcv truncation",
                     "jpeg": f"baseline, {spec.storage.chroma[0]}:{spec.storage.chroma[1]}:{spec.storage.chroma[2]}, "
                             "Pillow/libjpeg-turbo",
-                    "val_transform": "Resize(val_resize, bilinear) + CenterCrop(val_crop), then trigger"},
+                    "val_transform": ("Resize(val_resize, bilinear) + CenterCrop(val_crop), then trigger"
+                                      if spec.storage.val_resize else "none: trigger on the full image")},
         "counts": {"train_clean": n_clean, "train_poisoned": len(poisoned), "train_total": len(train.sizes),
                    "val": len(val["val"].sizes), "val_poisoned": len(val_meta["label"]),
                    # is_target is all 0 for an untargeted attack, so this is then every image

@@ -5,7 +5,7 @@ Schema "fastbd.manifest/1" (keys in this order):
   source      {kind, fingerprint (sha256 over every source file's key, label and sha256), num_train,
                num_val, classes}
   target      {index, name} or null (untargeted)
-  trigger     {kind, width, height, sha256 of its pixels and mask}
+  trigger     {kind, width, height, sha256 of its pixels and mask (then of the val_alpha variant, if any)}
   storage     the settings that change what the model sees (resolution, codec, quality, filters)
   counts      train_clean, train_poisoned, train_total, val, val_poisoned, val_poisoned_nontarget, skipped,
               passthrough
@@ -13,7 +13,8 @@ Schema "fastbd.manifest/1" (keys in this order):
               rate is every clean index except `replaced_indices`, plus `poisoned_indices`
               (use `train_indices(manifest, rate)`, or `training_set` for what a run trains on)
   poisoned    [{index, clean_index, source_index, key, label, box, box_source}] in selection order;
-              box = [x, y, w, h] in stored-image pixels, box_source in the full-resolution source
+              box = [x, y, w, h] in stored-image pixels, box_source in the full-resolution source;
+              with trigger.location=multiple, the box holding all 9 copies
   val_poisoned {source_index, label, is_target, box} lists, one entry per val_poisoned.beton sample
   skipped     [{split, source_index, key, error}]
   files       {relative path: sha256} for every output file but the manifest itself

@@ -5,27 +5,33 @@ Three kinds of sample:
 - poison:     decode at full resolution -> paste the trigger (as the paper does, before any resize)
               -> resize -> encode; the box is reported in source and in stored pixels;
 - valpoison:  decode -> resize shorter side to val_resize -> centre crop val_crop (the reference's
-              val transform, applied *before* the paste) -> paste -> encode.
+              val transform, applied *before* the paste; skipped when val_resize is 0) -> paste -> encode.
 Every output is a baseline (non-progressive) JPEG, so hardware decoders (nvJPEG, DALI mixed) take it.
+Decoding goes through pixels.py (16-bit greyscale scaled, not clipped; EXIF orientation only on request).
+Error texts are kept free of object reprs (`<_io.BytesIO object at 0x...>`), so a manifest that lists
+skipped files is byte-identical across rebuilds.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .poison import paste, place, placement_rng
+from .pixels import apply_orientation, orientation, to_rgb
+from .poison import paste, place_all, placement_rng, union_box
 from .spec import PoisonSpec
 from .triggers import Trigger
 
 SPLIT_CODES = {"train": 0, "val": 1, "val_poisoned": 2}
 # Area averaging, as FFCV's own writer (cv2.INTER_AREA) does; 3x faster than Lanczos on 500->256 px.
 RESIZE_FILTER = Image.Resampling.BOX
+_OBJECT_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")
 
 
 @dataclass
@@ -54,8 +60,9 @@ class Result:
 _STATE: dict = {}
 
 
-def init_worker(spec: PoisonSpec, source, trigger: Trigger) -> None:
-    _STATE.update(spec=spec, source=source, trigger=trigger)
+def init_worker(spec: PoisonSpec, source, triggers: dict[str, Trigger]) -> None:
+    """`triggers`: {"train": ..., "val": ...} (triggers.make_triggers)."""
+    _STATE.update(spec=spec, source=source, triggers=triggers)
 
 
 def run_chunk(tasks: list[Task]) -> list[Result]:
@@ -73,9 +80,14 @@ def run_task(task: Task) -> Result:
         _process(task, data, spec, res)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning,
             Image.DecompressionBombError) as e:
-        res.error = f"{type(e).__name__}: {e}"
+        res.error = describe_error(e)
         res.payload = b""
     return res
+
+
+def describe_error(e: BaseException) -> str:
+    """`Type: message` without memory addresses (Pillow names an in-memory file by its repr)."""
+    return f"{type(e).__name__}: {_OBJECT_REPR.sub('', str(e))}"
 
 
 def _open(data: bytes) -> Image.Image:
@@ -88,28 +100,32 @@ def _open(data: bytes) -> Image.Image:
 
 
 def _process(task: Task, data: bytes, spec: PoisonSpec, res: Result) -> None:
-    st, trig = spec.storage, _STATE["trigger"]
+    st, t = spec.storage, spec.trigger
     im = _open(data)
-    res.src_w, res.src_h = im.size
     if task.kind == "clean" and _can_pass_through(im, spec):
+        res.src_w, res.src_h = im.size
         res.payload, res.width, res.height, res.passthrough = data, im.width, im.height, True
         return
-    rgb = im.convert("RGB")  # greyscale, CMYK, palette, alpha -> RGB, as the reference's convert('RGB')
-    if task.kind == "valpoison":
+    im = apply_orientation(im, st.exif_transpose)
+    res.src_w, res.src_h = im.size
+    rgb = to_rgb(im)  # greyscale, CMYK, palette, alpha -> RGB, as the reference's convert('RGB')
+    if task.kind == "valpoison" and st.val_resize:
         rgb = _val_transform(rgb, st.val_resize, st.val_crop)
     if task.kind != "clean":
+        val = task.kind == "valpoison"
+        trig = _STATE["triggers"]["val" if val else "train"]
         arr = np.array(rgb)
         tw, th = trig.size
         h, w = arr.shape[:2]
         if tw > w or th > h:
             raise ValueError(f"image is {w}x{h} px, smaller than the {tw}x{th} px trigger")
-        lo, hi = ((spec.trigger.val_min, spec.trigger.val_max) if task.kind == "valpoison"
-                  else (spec.trigger.train_min, spec.trigger.train_max))
+        lo, hi = (t.val_min, t.val_max) if val else (t.train_min, t.train_max)
         rng = placement_rng(spec.seed, SPLIT_CODES[task.split], task.index)
-        x, y = place(rng, w, h, tw, th, spec.trigger, lo, hi)
-        paste(arr, trig, x, y)
+        spots = place_all(rng, w, h, tw, th, t, lo, hi, trig.anchor, (t.val_location if val else None))
+        for x, y in spots:
+            paste(arr, trig, x, y)
         rgb = Image.fromarray(arr)
-        res.box_src = (x, y, tw, th)
+        res.box_src = union_box(spots, tw, th)
     pre_w, pre_h = rgb.size
     rgb = _resize_max(rgb, st.max_resolution)
     res.width, res.height = rgb.size
@@ -124,7 +140,7 @@ def _can_pass_through(im: Image.Image, spec: PoisonSpec) -> bool:
     st = spec.storage
     return (st.reencode == "if_needed" and st.write_mode == "jpg" and im.format == "JPEG" and im.mode == "RGB"
             and not im.info.get("progressive") and not im.info.get("progression")
-            and max(im.size) <= st.max_resolution)
+            and max(im.size) <= st.max_resolution and not (st.exif_transpose and orientation(im) != 1))
 
 
 def stored_size(w: int, h: int, max_res: int) -> tuple[int, int]:

@@ -18,7 +18,8 @@ from .config import ConfigError, load_config
 
 SOURCE_KINDS = ("synthetic", "imagefolder", "filelist")
 TRIGGER_KINDS = ("htba", "image", "text")
-LOCATIONS = ("random", "center", "grid3x3")
+LOCATIONS = ("random", "center", "grid3x3", "multiple")
+RANGES_OF = ("box", "centre")
 # attack.rate_mode -> the unit its rates are in (how reports label a poison-rate axis)
 RATE_UNITS = {"target_fraction": "fraction of the target class", "dataset_fraction": "fraction of the data",
               "count": "images"}
@@ -51,13 +52,19 @@ class SourceSpec:
 class TriggerSpec:
     kind: str = "htba"  # htba (seeded random binary-colour grid, smoothly upsampled) | image | text
     path: Optional[str] = None  # image trigger file (PNG/JPEG; an alpha channel is used as a mask)
-    text: str = "SSL"  # text trigger
+    text: str = "SSL"  # text trigger: drawn in black, as the reference's text mode draws it
+    font: Optional[str] = None  # text: a TTF/OTF file; None: FreeMonoBold (the reference's) if installed, see triggers.py
+    font_size: int = 30  # px, text: font size (the reference always draws at 30 px)
     grid: int = 4  # htba: cells per side of the random colour grid
     seed: int = 10  # htba: which pattern (the paper used HTBA triggers 10, 12, 14, 16, 18)
-    width: int = 50  # px in the full-resolution training image; height keeps the trigger's aspect
-    alpha: float = 1.0  # opacity in [0, 1]; the reference pastes fully opaque (1.0)
-    location: str = "random"  # random | center | grid3x3 (one of 9 cells, chosen per image)
-    train_min: float = 0.25  # random: the box lies inside [min, max] x image size (reference: 0.25)
+    width: int = 50  # px in the full-resolution training image; height keeps the trigger's aspect (not text)
+    alpha: float = 1.0  # opacity in (0, 1]; the reference pastes fully opaque (1.0; its own alpha is 1 - this)
+    val_alpha: Optional[float] = None  # opacity on val_poisoned images; None: same as alpha
+    location: str = "random"  # random | center | grid3x3 (one of 9 cells, chosen per image) | multiple (all 9)
+    val_location: Optional[str] = None  # location on val_poisoned images; None: same as location
+    range_of: str = "box"  # random: "box" lies inside [min, max] x image size (reference alpha_composite mode),
+    #                        or its "centre" does (the reference's paste and text modes)
+    train_min: float = 0.25  # random: the range's low end, fraction of the image size (reference: 0.25)
     train_max: float = 0.75  # (reference: 0.75)
     val_min: float = 0.10  # same for the 224-px validation crop (reference: 0.10)
     val_max: float = 0.90  # (reference: 0.90)
@@ -78,10 +85,12 @@ class StorageSpec:
     jpeg_quality: int = 90  # for every image fastbd encodes (baseline JPEG)
     chroma: str = "420"  # JPEG chroma subsampling: 420 (as most camera JPEGs) | 444 (keeps small colour triggers sharp)
     reencode: str = "always"  # always | if_needed (copy clean baseline-RGB JPEGs already small enough byte-for-byte)
-    val_resize: int = 256  # px, shorter side before the centre crop of val_poisoned (reference: 256)
+    val_resize: int = 256  # px, shorter side before the centre crop of val_poisoned (reference: 256); 0: no
+    #                         resize or crop, the trigger goes on the full image (the reference's text and paste modes)
     val_crop: int = 224  # px, centre crop of val_poisoned (reference: 224)
     shard_size: int = 10000  # samples per DALI tar shard
     on_error: str = "fail"  # fail | skip: unreadable source images stop the build, or are listed and left out
+    exif_transpose: bool = False  # rotate images by their EXIF orientation first; false: ignore it, as the reference does
 
 
 @dataclass
@@ -125,9 +134,17 @@ def validate(spec: PoisonSpec) -> PoisonSpec:
     if t.kind == "text":
         _check(bool(t.text.strip()), "trigger.text", "empty text trigger")
     _check(t.width >= 1, "trigger.width", f"{t.width} px; must be >= 1")
+    _check(t.font_size >= 1, "trigger.font_size", f"{t.font_size} px; must be >= 1")
+    if t.font is not None:
+        _check(Path(t.font).is_file(), "trigger.font", f"font file not found: {t.font}")
     _check(t.grid >= 1, "trigger.grid", "must be >= 1")
     _in_unit(t.alpha, "trigger.alpha", open_low=True)
+    if t.val_alpha is not None:
+        _in_unit(t.val_alpha, "trigger.val_alpha", open_low=True)
     _check(t.location in LOCATIONS, "trigger.location", f"{t.location!r} is not one of {LOCATIONS}")
+    if t.val_location is not None:
+        _check(t.val_location in LOCATIONS, "trigger.val_location", f"{t.val_location!r} is not one of {LOCATIONS}")
+    _check(t.range_of in RANGES_OF, "trigger.range_of", f"{t.range_of!r} is not one of {RANGES_OF}")
     for lo, hi, nm in ((t.train_min, t.train_max, "train"), (t.val_min, t.val_max, "val")):
         _in_unit(lo, f"trigger.{nm}_min")
         _in_unit(hi, f"trigger.{nm}_max")
@@ -150,7 +167,8 @@ def validate(spec: PoisonSpec) -> PoisonSpec:
     _check(st.chroma in ("420", "444"), "storage.chroma", f"{st.chroma!r} is not 420 or 444")
     _check(st.reencode in ("always", "if_needed"), "storage.reencode", f"{st.reencode!r} is not always or if_needed")
     _check(st.max_resolution >= 16, "storage.max_resolution", "must be >= 16 px")
-    _check(st.val_crop >= 16 and st.val_resize >= st.val_crop, "storage.val_resize", "need val_resize >= val_crop >= 16")
+    _check(st.val_resize == 0 or (st.val_crop >= 16 and st.val_resize >= st.val_crop), "storage.val_resize",
+           "need val_resize >= val_crop >= 16, or val_resize 0 (no resize or crop)")
     _check(st.shard_size >= 1, "storage.shard_size", "must be >= 1")
     _check(st.on_error in ("fail", "skip"), "storage.on_error", f"{st.on_error!r} is not fail or skip")
     _check(spec.workers >= 0, "workers", "must be >= 0")
@@ -176,6 +194,7 @@ def _resolve_paths(spec: PoisonSpec, base: Path) -> None:
     s = spec.source
     s.root, s.class_list, s.train_list, s.val_list = map(fix, (s.root, s.class_list, s.train_list, s.val_list))
     spec.trigger.path = fix(spec.trigger.path)
+    spec.trigger.font = fix(spec.trigger.font)
 
 
 def rate_label(r: Any) -> str:

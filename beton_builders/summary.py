@@ -28,7 +28,8 @@ def summary(folder: str | Path, check: bool = True) -> str:
         f"  attack      {attack}, "
         f"trigger {m['trigger']['kind']} {m['trigger']['width']}x{m['trigger']['height']} px",
         f"  storage     max {st['max_resolution']} px, {st['write_mode']} q{st['jpeg_quality']}, "
-        f"val_poisoned = resize {st['val_resize']} + crop {st['val_crop']}",
+        + (f"val_poisoned = resize {st['val_resize']} + crop {st['val_crop']}" if st['val_resize']
+           else "val_poisoned = full images"),
         f"  train.beton {c['train_total']} samples = {c['train_clean']} clean + {c['train_poisoned']} poisoned copies",
     ]
     for e in m["rates"]:

@@ -1,6 +1,8 @@
 """The fastbd command line: thin wrappers over the library (everything here is importable too).
 
     fastbd build-beton --config configs/poison/demo.yaml --out out/demo [key=value ...]
+    fastbd build-beton --config poison-generation/cfg/X.cfg --out out/x source.root=...   (the reference's INI)
+    fastbd export-reference out/demo --out out/demo_ref   (JPEG folders + "path label" lists for the reference)
     fastbd inspect out/demo
     fastbd make-synthetic --out data/synth source.synthetic.width=500 ...
     fastbd train --config configs/ssl/moco_resnet18.yaml data.path=out/demo out=runs/moco
@@ -64,16 +66,29 @@ def _user_errors():
 @app.command("build-beton")
 def build_beton(
     out: Path = typer.Option(..., "--out", help="output folder (train/val/val_poisoned .beton, dali/, manifest.json)"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="poison spec YAML (overrides only)"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="poison spec YAML (overrides only), or the "
+                                          "reference code's .cfg (generate_poison.py INI: translated, printed)"),
     force: bool = typer.Option(False, "--force", help="replace an existing output folder"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved spec and build nothing"),
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. attack.rates=[0.1,0.5]"),
 ) -> None:
     """Compile a poisoned dataset: triggers baked in, FFCV and DALI files, and a manifest."""
     from beton_builders import build, load_spec
+    from beton_builders.reference_cfg import is_reference_cfg, translate
     from beton_builders.summary import summary
+    from fastbd.config import to_yaml
 
     with _user_errors():
-        build(load_spec(config, overrides or []), out, force=force)
+        if is_reference_cfg(config):
+            tr = translate(config)
+            typer.echo(tr.text())
+            spec = load_spec(None, [*tr.overrides, *(overrides or [])])
+        else:
+            spec = load_spec(config, overrides or [])
+        if dry_run:
+            typer.echo(to_yaml(spec))
+            return
+        build(spec, out, force=force)
     typer.echo(summary(out, check=False))
 
 
@@ -90,6 +105,26 @@ def inspect(
         typer.echo(summary(folder))
         if preview:
             typer.echo(f"  preview     {draw(folder)}")
+
+
+@app.command("export-reference")
+def export_reference_cmd(
+    folder: Path = typer.Argument(..., help="a build-beton output folder"),
+    out: Path = typer.Option(..., "--out", help="folder for the image folders and `path label` file lists"),
+    rate: Optional[List[float]] = typer.Option(None, "--rate", help="write the training list of this rate "
+                                               "(repeatable; default: every rate of the build)"),
+    patch_params: bool = typer.Option(False, "--patch-params", help="append each poisoned box `x y w h` "
+                                      "to its training-list line (the reference's patch_params layout)"),
+    force: bool = typer.Option(False, "--force", help="replace an existing output folder"),
+) -> None:
+    """Write a build in the reference code's layout: JPEG folders plus `path label` file lists."""
+    from beton_builders.export_reference import export_reference
+
+    with _user_errors():  # ExportError is a ValueError naming the file or rate
+        rec = export_reference(folder, out, rate or None, patch_params=patch_params, force=force,
+                               log=lambda s: typer.echo(f"[export-reference] {s}", err=True))
+    for name, n in rec["lists"].items():
+        typer.echo(f"  {out / name}  {n} lines")
 
 
 @app.command("make-synthetic")

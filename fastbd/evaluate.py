@@ -113,8 +113,10 @@ def _ffcv_batches(folder: Path, split: str, indices: Optional[np.ndarray], cfg: 
 @torch.no_grad()
 def extract(net, folder: Path, split: str, indices: Optional[np.ndarray], cfg: EvalConfig, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(features (N, D) float32 on CPU, labels (N,)) for `indices` of `split` (None: all)."""
-    # val_poisoned is already resized and cropped at build time: only scale it to res.
-    resize = cfg.res if split == "val_poisoned" else cfg.resize
+    # val_poisoned is already resized and cropped at build time (unless the build kept full images,
+    # storage.val_resize=0, as the reference's text and paste modes do): only scale it to res.
+    cropped = split == "val_poisoned" and load_manifest(folder)["storage"].get("val_resize", 1) != 0
+    resize = cfg.res if cropped else cfg.resize
     if cfg.backend == "ffcv":
         batches = _ffcv_batches(folder, split, indices, cfg, resize)
     elif cfg.backend == "torch":

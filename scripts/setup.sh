@@ -9,15 +9,17 @@ VENV=${FASTBD_VENV:-.venv}
 STAMP="$VENV/.fastbd-setup-$(cat scripts/setup.sh pyproject.toml | sha256sum | cut -c1-16)"
 [ -f "$STAMP" ] && exit 0
 
-# FFCV's C extension links OpenCV and libjpeg-turbo and finds them through pkg-config.
+# FFCV's C extension links OpenCV and libjpeg-turbo and finds them through pkg-config; FreeMonoBold
+# (fonts-freefont-ttf) is the reference code's text-trigger font.
 need_apt=0
-for p in libopencv-dev libturbojpeg0-dev pkg-config; do
+for p in libopencv-dev libturbojpeg0-dev pkg-config fonts-freefont-ttf; do
   dpkg -s "$p" >/dev/null 2>&1 || need_apt=1
 done
 if [ "$need_apt" = 1 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libopencv-dev libturbojpeg0-dev pkg-config >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libopencv-dev libturbojpeg0-dev pkg-config \
+    fonts-freefont-ttf >/dev/null
 fi
 
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
