@@ -173,12 +173,11 @@ def distill_cmd(
     overrides: Optional[List[str]] = typer.Argument(None, help="data=DIR clean_fraction=0.25 out=RUN, key=value"),
 ) -> None:
     """Distil a teacher into a fresh student on a small clean subset (the paper's defense)."""
-    from fastbd.distill import distill_config, teacher_arch
+    from fastbd.distill import distill_config, teacher_model
     from fastbd.train import train
 
     with _user_errors():
-        arch, small_input = teacher_arch(teacher)
-        out = train(distill_config(teacher, arch, small_input, config, overrides or []))
+        out = train(distill_config(teacher, teacher_model(teacher), config, overrides or []))
     typer.echo(f"student run folder: {out}  (evaluate it with `fastbd eval --run {out} data=...`)")
 
 
@@ -205,6 +204,7 @@ def compare(runs: List[Path] = typer.Argument(..., help="run folders that have b
     """Print the clean-vs-poisoned table (accuracy, target FP, ASR, NFP, kNN) of evaluated runs."""
     import json
 
+    from fastbd.metrics import report_row
     from fastbd.report import report_markdown
 
     rows = []
@@ -213,9 +213,7 @@ def compare(runs: List[Path] = typer.Argument(..., help="run folders that have b
             p = r / "eval" / "report.json"
             if not p.is_file():
                 raise FileNotFoundError(f"{p}: run `fastbd eval --run {r} data=...` first")
-            rep = json.loads(p.read_text())
-            knn = next((v for k, v in rep.items() if k.startswith("knn_") and k.endswith("_top1")), None)
-            rows.append({"model": r.name, **rep[rep["protocol"]], "knn_top1": knn})
+            rows.append({"model": r.name, **report_row(json.loads(p.read_text()))})
     typer.echo(report_markdown(rows))
 
 

@@ -25,7 +25,7 @@ import torch
 from beton_builders import manifest as mf
 from beton_builders.files import atomic_write, atomic_write_bytes, write_json
 from fastbd import __version__
-from fastbd.models import ModelConfig, make_backbone
+from fastbd.models import ModelConfig, make_backbone, model_from_meta
 
 
 def atomic_torch_save(obj, path: Path) -> None:
@@ -165,7 +165,7 @@ def load_encoder(run: Optional[Path], checkpoint: Optional[Path], model: ModelCo
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no exported encoder; did `fastbd train` finish?")
         meta = json.loads((run / "encoder.json").read_text())
-        model = ModelConfig(arch=meta["arch"], small_input=meta.get("small_input", False))
+        model = model_from_meta(meta)
         state = load_encoder_state(path)
     else:
         path = checkpoint

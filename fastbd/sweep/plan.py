@@ -205,7 +205,7 @@ def _distill_cfgs(cfg: SweepConfig, train, seed: int, run_dir: Path) -> dict[str
     for cf in cfg.grid.clean_fractions:
         items = [*cfg.distill_overrides, f"data={train.data.path}", f"clean_fraction={cf}", f"seed={seed}",
                  f"out={run_dir / f'distill_cf{cf:g}'}"]
-        d = distill_config(run_dir / "train", train.model.arch, train.model.small_input, cfg.distill_config, items)
+        d = distill_config(run_dir / "train", train.model, cfg.distill_config, items)
         out[f"cf{cf:g}"] = to_dict(d)
     return out
 
