@@ -215,6 +215,19 @@ def train_probe_augmented(net, folder: Path, subset: np.ndarray, stats: tuple[to
     return lin.eval()
 
 
+def knn_metrics(bank: torch.Tensor, bank_y: torch.Tensor, val: tuple[torch.Tensor, torch.Tensor],
+                patched: tuple[torch.Tensor, torch.Tensor], k: int, num_classes: int, target: Optional[int]) -> dict:
+    """The paper's metrics for a kNN classifier (moco/eval_knn.py in the reference measures the backdoor this
+    way too): clean and patched top-1, target FP on the triggered non-target images and on the clean ones,
+    ASR, NFP. It needs no probe, so it is cheap enough to run during training (fastbd/monitor.py)."""
+    from fastbd import metrics as M
+
+    (xva, yva), (xvp, yvp) = val, patched
+    cm_clean = M.confusion_matrix(yva.numpy(), knn_predict(bank, bank_y, xva, k, num_classes).numpy(), num_classes)
+    cm_patched = M.confusion_matrix(yvp.numpy(), knn_predict(bank, bank_y, xvp, k, num_classes).numpy(), num_classes)
+    return M.attack_metrics(cm_clean, cm_patched, target)
+
+
 @torch.no_grad()
 def knn_predict(bank: torch.Tensor, bank_y: torch.Tensor, q: torch.Tensor, k: int, num_classes: int) -> torch.Tensor:
     """Majority vote of the k most cosine-similar bank features (ties: lowest class index)."""
@@ -274,15 +287,15 @@ def evaluate(cfg: EvalConfig, run: Optional[Path] = None, checkpoint: Optional[P
     if cfg.knn_k:
         phase(f"kNN, k = {', '.join(map(str, cfg.knn_k))}")
     for k in cfg.knn_k:
-        pred = knn_predict(xtr, ytr, xva, k, len(classes))
-        report[f"knn_k{k}_lf{lf:g}_top1"] = float((pred == yva).float().mean())
+        m = knn_metrics(xtr, ytr, (xva, yva), (xvp, yvp), k, len(classes), target)
+        report[f"knn_k{k}_lf{lf:g}"] = m  # the backdoor seen by kNN: FP, ASR, patched top-1
+        report[f"knn_k{k}_lf{lf:g}_top1"] = m["clean_top1"]
     out.mkdir(parents=True, exist_ok=True)
     save_npy(out / "labelled_indices.npy", subset)  # the exact probe labels, for provenance
     M.save_matrices(out, cm_clean, cm_patched)
     M.write_conf_matrix_csv(out / "conf_matrix.csv", cm_clean, cm_patched, classes)
     heatmap_png(out / "conf_matrix_poisoned.png", cm_patched, classes, "patched validation", target)
-    row = {"model": enc_meta.get("method", "encoder"), **report[proto],
-           "knn_top1": report.get(f"knn_k{cfg.knn_k[0]}_lf{lf:g}_top1") if cfg.knn_k else None}
+    row = {"model": enc_meta.get("method", "encoder"), **M.report_row(report)}
     atomic_write_bytes(out / "report.md", (report_markdown([row]) + "\n").encode())
     write_json(out / "report.json", report)
     phase(f"wrote {out}")

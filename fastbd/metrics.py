@@ -217,3 +217,18 @@ def save_matrices(folder, cm_clean, cm_patched) -> tuple[Path, Path]:
     folder = Path(folder)
     return (save_npy(folder / "conf_matrix_clean.npy", cm_clean),
             save_npy(folder / "conf_matrix_poisoned.npy", cm_patched))
+
+
+def knn_columns(report: dict) -> dict:
+    """The kNN part of a results row (report.md, `fastbd compare`, the sweep's CSV) from a report.json: the
+    first k's metrics (`knn_k{k}_lf{f}` entries; reports from before they existed give the top-1 only)."""
+    m = next((v for k, v in report.items() if k.startswith("knn_k") and isinstance(v, dict)), {})
+    top1 = m.get("clean_top1", next((v for k, v in report.items() if k.startswith("knn_") and k.endswith("_top1")), None))
+    return {"knn_top1": top1, "knn_target_fp": m.get("target_fp"), "knn_target_fp_clean": m.get("target_fp_clean"),
+            "knn_asr": m.get("asr")}
+
+
+def report_row(report: dict) -> dict:
+    """One results row from a report.json: the probe's metrics (its protocol's entry) and the kNN's."""
+    return {**report[report["protocol"]], **knn_columns(report)}
+

@@ -28,8 +28,10 @@ Row = dict[str, Any]
 
 PARAM_KEYS: tuple[str, ...] = ("method", "trigger", "target", "rate", "poisoned", "seed", "defense",
                                "clean_fraction", "label_fraction")
-METRIC_KEYS: tuple[str, ...] = ("clean_top1", "patched_top1", "target_fp", "nontarget_count", "asr",
-                                "nfp", "knn_top1")
+# The probe's metrics, then the kNN's (the first k of the eval): target FP on the triggered non-target
+# images beside the same model's target FP on the clean ones, which is the baseline it must be read against.
+METRIC_KEYS: tuple[str, ...] = ("clean_top1", "patched_top1", "target_fp", "target_fp_clean", "nontarget_count",
+                                "asr", "nfp", "knn_top1", "knn_target_fp", "knn_target_fp_clean", "knn_asr")
 CSV_COLUMNS: tuple[str, ...] = ("run_id", *PARAM_KEYS, "state", *METRIC_KEYS, "error")
 
 # `poisoned` follows from (rate, dataset) and `seed` is what we average over, so neither splits a group.
@@ -145,23 +147,27 @@ def summary_markdown(rows: Sequence[Row], title: str) -> str:
              f"{count['pending']} pending.", "", "## Mean over seeds", ""]
     lines += _table(
         ["method", "trigger", "target", "defense", "label %", "rate", "poisoned", "n", "clean top-1 %",
-         "patched top-1 %", "target FP", "ASR %", "kNN top-1 %"],
+         "patched top-1 %", "target FP", "target FP clean", "ASR %", "kNN top-1 %", "kNN target FP",
+         "kNN target FP clean"],
         ([a["method"], a["trigger"], a["target"], defense_label(a["defense"], a["clean_fraction"]),
           f"{a['label_fraction'] * 100:g}" if a["label_fraction"] is not None else None,
           f"{a['rate']:g}" if a["rate"] is not None else None, a["poisoned"], a["n"],
           _pm(a["clean_top1_mean"], a["clean_top1_std"], 100), _pm(a["patched_top1_mean"], a["patched_top1_std"], 100),
-          _pm(a["target_fp_mean"], a["target_fp_std"]), _pm(a["asr_mean"], a["asr_std"], 100),
-          _pm(a["knn_top1_mean"], a["knn_top1_std"], 100)] for a in aggregate(rows)))
+          _pm(a["target_fp_mean"], a["target_fp_std"]), _pm(a["target_fp_clean_mean"], a["target_fp_clean_std"]),
+          _pm(a["asr_mean"], a["asr_std"], 100), _pm(a["knn_top1_mean"], a["knn_top1_std"], 100),
+          _pm(a["knn_target_fp_mean"], a["knn_target_fp_std"]),
+          _pm(a["knn_target_fp_clean_mean"], a["knn_target_fp_clean_std"])] for a in aggregate(rows)))
     lines += ["", "## Runs", ""]
     lines += _table(
         ["run", "method", "trigger", "target", "defense", "label %", "rate", "poisoned", "seed", "state",
-         "clean top-1 %", "target FP", "ASR %"],
+         "clean top-1 %", "target FP", "target FP clean", "ASR %", "kNN target FP"],
         ([r["run_id"], r["method"], r["trigger"], r["target"], defense_label(r["defense"], r["clean_fraction"]),
           f"{r['label_fraction'] * 100:g}" if r["label_fraction"] is not None else None,
           f"{r['rate']:g}" if r["rate"] is not None else None, r["poisoned"], r["seed"], r["state"],
           _pct(r["clean_top1"]),
           f"{r['target_fp']} / {r['nontarget_count'] if r['nontarget_count'] is not None else '-'}"
-          if r["target_fp"] is not None else None, _pct(r["asr"])] for r in rows))
+          if r["target_fp"] is not None else None, r.get("target_fp_clean"), _pct(r["asr"]),
+          r.get("knn_target_fp")] for r in rows))
     failed = [r for r in rows if r.get("state") == "failed"]
     if failed:
         lines += ["", "## Failed runs", ""]
@@ -170,21 +176,29 @@ def summary_markdown(rows: Sequence[Row], title: str) -> str:
 
 
 # The models table of an evaluation (RUN/eval/report.md) and of `fastbd compare`.
-EVAL_COLUMNS: tuple[str, ...] = ("model", "clean top-1", "patched top-1", "target FP (of N non-target)", "ASR",
-                                 "NFP", "kNN top-1")
+EVAL_COLUMNS: tuple[str, ...] = ("model", "clean top-1", "patched top-1", "target FP (of N non-target)",
+                                 "target FP clean", "ASR", "NFP", "kNN top-1", "kNN target FP", "kNN target FP clean",
+                                 "kNN ASR")
 
 
 def report_markdown(rows: list[Row]) -> str:
     """A markdown table of models. Row keys (all optional; missing or None shows as "-"): `model`,
-    `clean_top1`, `patched_top1`, `target_fp`, `nontarget_count`, `asr`, `nfp`, `knn_top1`. Top-1s and ASR
-    are fractions shown as percentages with one decimal; NFP with two decimals; target FP as `FP / N`."""
-    def fp(r: Row) -> str | None:
-        if r.get("target_fp") is None:
+    `clean_top1`, `patched_top1`, `target_fp`, `nontarget_count`, `target_fp_clean`, `asr`, `nfp`, and the
+    kNN's `knn_top1`, `knn_target_fp`, `knn_target_fp_clean`, `knn_asr`. Top-1s and ASR are fractions shown
+    as percentages with one decimal; NFP with two decimals; target FP as `FP / N`; "target FP clean" is the
+    same model's target FP on the clean validation images, the baseline a triggered FP is read against."""
+    def fp(r: Row, key: str = "target_fp") -> str | None:
+        if r.get(key) is None:
             return None
         n = r.get("nontarget_count")
-        return f"{as_count(r['target_fp'])}" + ("" if n is None else f" / {as_count(n)}")
-    body = ([r.get("model"), _pct(r.get("clean_top1")), _pct(r.get("patched_top1")), fp(r), _pct(r.get("asr")),
-             None if r.get("nfp") is None else f"{float(r['nfp']):.2f}", _pct(r.get("knn_top1"))] for r in rows)
+        return f"{as_count(r[key])}" + ("" if n is None else f" / {as_count(n)}")
+
+    def count(v: Any) -> str | None:
+        return None if v is None else str(as_count(v))
+    body = ([r.get("model"), _pct(r.get("clean_top1")), _pct(r.get("patched_top1")), fp(r),
+             count(r.get("target_fp_clean")), _pct(r.get("asr")),
+             None if r.get("nfp") is None else f"{float(r['nfp']):.2f}", _pct(r.get("knn_top1")),
+             fp(r, "knn_target_fp"), count(r.get("knn_target_fp_clean")), _pct(r.get("knn_asr"))] for r in rows)
     return "\n".join(_table(EVAL_COLUMNS, body)) + "\n"
 
 
@@ -200,7 +214,8 @@ def _pyplot():
 # (metric, y label, scale): ASR and accuracy as %, target FP as a count.
 _PANELS: tuple[tuple[str, str, float], ...] = (("target_fp", "target FP (count)", 1.0),
                                               ("asr", "ASR (%)", 100.0),
-                                              ("clean_top1", "clean top-1 (%)", 100.0))
+                                              ("clean_top1", "clean top-1 (%)", 100.0),
+                                              ("knn_target_fp", "kNN target FP (count)", 1.0))
 
 
 def _rate_series(rows: Sequence[Row], metric: str) -> dict[tuple, list[tuple[float, float, float | None]]]:

@@ -10,6 +10,7 @@ from typing import Callable, Optional
 
 from beton_builders.manifest import built, load_manifest, poisoned_count
 from beton_builders.spec import RATE_UNITS
+from fastbd.metrics import report_row
 from fastbd.report import METRIC_KEYS, write_report
 from fastbd.sweep.stages import load_plan, read_json
 
@@ -37,10 +38,8 @@ def _row(run: dict, build: dict, defense: str, cf: Optional[float], ecfg: dict, 
            **{k: None for k in METRIC_KEYS}}
     rep = read_json(Path(ecfg["out"]) / "report.json")
     if rep is not None:
-        m = rep[rep["protocol"]]
+        m = report_row(rep)
         row.update({k: m.get(k) for k in METRIC_KEYS}, state="done")
-        k0 = ecfg["knn_k"][0] if ecfg["knn_k"] else None
-        row["knn_top1"] = rep.get(f"knn_k{k0}_lf{lf:g}_top1")
     elif status.get("state") == "failed":
         row.update(state="failed", error=status.get("error"))
     return row
