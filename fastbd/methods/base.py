@@ -58,6 +58,11 @@ class Method(nn.Module):
     def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         raise NotImplementedError
 
+    def schedule_warnings(self, total_steps: int) -> list[str]:
+        """Settings that do not suit a run of `total_steps` steps on `num_samples` images (printed by the
+        trainer at start): the paper's defaults are for 200 ImageNet epochs and are traps in short runs."""
+        return []
+
     def allows_sync_bn(self) -> bool:
         """Whether the trainer may turn this method's BatchNorm layers into SyncBatchNorm under DDP on GPUs
         (train.sync_bn); a method whose BN statistics must stay per rank says no."""
