@@ -242,7 +242,8 @@ def knn_predict(bank: torch.Tensor, bank_y: torch.Tensor, q: torch.Tensor, k: in
 def evaluate(cfg: EvalConfig, run: Optional[Path] = None, checkpoint: Optional[Path] = None, log=print) -> dict:
     """Evaluate one encoder on one build; writes the eval folder and returns report.json's content."""
     from fastbd import metrics as M
-    from fastbd.report import heatmap_png, report_markdown
+    from fastbd.plots import heatmap_png
+    from fastbd.report import report_markdown
 
     if (run is None) == (checkpoint is None):
         raise ValueError("give exactly one of --run RUN_DIR or --checkpoint FILE")

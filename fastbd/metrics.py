@@ -34,7 +34,7 @@ write_conf_matrix_csv
     clean and patched val), then ``class name,class id,TP,FP,,TP,FP`` and one row per class.
 save_matrices
     ``conf_matrix_clean.npy`` and ``conf_matrix_poisoned.npy`` (reference names).
-The heatmap of a matrix and the markdown table of several models are drawn in fastbd/report.py, the one
+The heatmap of a matrix and the markdown table of several models are drawn in fastbd/plots.py and fastbd/report.py, the one
 home of tables and plots.
 
 Every file is written to a temporary name in the same folder and renamed, so a crash never
@@ -44,8 +44,9 @@ leaves a torn file.
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -232,3 +233,30 @@ def report_row(report: dict) -> dict:
     """One results row from a report.json: the probe's metrics (its protocol's entry) and the kNN's."""
     return {**report[report["protocol"]], **knn_columns(report)}
 
+
+# --- result rows: numbers and labels shared by the tables (report.py) and the figures (plots.py) ---
+
+def _num(v: Any) -> float | None:
+    """A metric value as float, or None when missing; NaN counts as missing so one bad run does not turn
+    a whole group's mean into NaN."""
+    if v is None:
+        return None
+    x = float(v)
+    return None if math.isnan(x) else x
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample std (ddof=1: with 2-5 seeds the population std understates the spread)."""
+    if not values:
+        return None, None
+    arr = np.asarray(values, dtype=float)
+    return float(arr.mean()), (float(arr.std(ddof=1)) if len(arr) >= 2 else None)
+
+
+def defense_label(defense: str | None, clean_fraction: float | None) -> str:
+    """"distill 25%" for a distilled student with a known clean fraction, the defense name otherwise."""
+    if defense in (None, "none"):
+        return "none"
+    if clean_fraction is None:
+        return str(defense)
+    return f"{defense} {clean_fraction * 100:g}%"

@@ -110,12 +110,13 @@ def test_wall_1_the_compiler_imports_nothing_of_training():
 
 def test_wall_2_methods_and_losses_import_no_trainer_loader_or_evaluation():
     forbidden = ("fastbd.train", "fastbd.data", "fastbd.evaluate", "fastbd.metrics", "fastbd.report",
-                 "fastbd.sweep", "fastbd.cli")
+                 "fastbd.plots", "fastbd.monitor", "fastbd.sweep", "fastbd.cli")
     assert _breaks(("fastbd.methods", "fastbd.losses"), forbidden) == {}
 
 
 def test_wall_3_evaluation_and_the_defense_never_import_the_trainer():
-    sources = ("fastbd.evaluate", "fastbd.metrics", "fastbd.report", "fastbd.methods.compress")
+    sources = ("fastbd.evaluate", "fastbd.monitor", "fastbd.metrics", "fastbd.report", "fastbd.plots",
+               "fastbd.methods.compress")
     assert _breaks(sources, ("fastbd.train",)) == {}
 
 

@@ -15,7 +15,8 @@ from fastbd.metrics import (
     tp_fp,
     write_conf_matrix_csv,
 )
-from fastbd.report import heatmap_png, report_markdown
+from fastbd.plots import heatmap_png
+from fastbd.report import report_markdown
 
 # Fixed 3-class example, target class 1. Rows = true label, columns = prediction.
 #

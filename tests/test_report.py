@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fastbd.report import (CSV_COLUMNS, METRIC_KEYS, PARAM_KEYS, aggregate, plot_rates, summary_csv,
-                           summary_markdown, write_report)
+from fastbd.plots import plot_curves, plot_rates
+from fastbd.report import CSV_COLUMNS, METRIC_KEYS, PARAM_KEYS, aggregate, summary_csv, summary_markdown, write_report
 
 PIL = pytest.importorskip("PIL.Image")
 
@@ -150,3 +150,19 @@ def test_knn_backdoor_columns_are_averaged_beside_the_probes():
     assert "| 31.0 ± 1.4 | 3.0 ± 0.0 |" in line
     header = summary_csv(rows).splitlines()[0].split(",")
     assert {"target_fp_clean", "knn_target_fp", "knn_target_fp_clean", "knn_asr"} <= set(header)
+
+
+def test_backdoor_curves_plot_poisoned_against_clean(tmp_path: Path):
+    def curve(rate, seed, fps, defense="none"):
+        checks = [dict(kind="backdoor", epoch=e, knn_target_fp=fp, knn_target_fp_clean=3, knn_nontarget_count=450,
+                       knn_clean_top1=0.5 + 0.01 * e) for e, fp in zip((0, 3, 6), fps)]
+        return dict(run_id=f"r{rate}{seed}{defense}", method="moco", rate=rate, seed=seed, defense=defense,
+                    clean_fraction=0.25 if defense == "distill" else None, checks=checks)
+    curves = [curve(0.5, 0, [5, 40, 90]), curve(0.5, 1, [5, 50, 110]), curve(0.0, 0, [5, 6, 7]),
+              curve(0.5, 0, [5, 6, 8], "distill")]
+    paths = plot_curves(curves, tmp_path / "plots")
+    assert sorted(p.name for p in paths) == ["backdoor_epochs.pdf", "backdoor_epochs.png"]
+    assert all(p.stat().st_size > 0 for p in paths)
+    assert plot_curves([], tmp_path / "none") == [] and not (tmp_path / "none").exists()
+    names = {p.name for p in write_report(tmp_path / "rep", _rows(), "with curves", curves=curves)}
+    assert "backdoor_epochs.png" in names
