@@ -97,12 +97,16 @@ def inspect(
     folder: Path = typer.Argument(..., help="a build-beton output folder"),
     preview: bool = typer.Option(True, help="also write FOLDER/preview.png with the trigger boxes drawn"),
 ) -> None:
-    """Summarise a compiled dataset, check every file's sha256, and draw a preview."""
+    """Summarise a compiled dataset, check every file's sha256, and draw a preview (exit 2 on a mismatch)."""
+    from beton_builders.summary import checked_summary
     from beton_builders.summary import preview as draw
-    from beton_builders.summary import summary
+    from fastbd.config import UserError
 
     with _user_errors():
-        typer.echo(summary(folder))
+        text, bad = checked_summary(folder)
+        typer.echo(text)
+        if bad:
+            raise UserError(f"{folder}: {len(bad)} files differ from manifest.json (sha256): {bad}; rebuild the dataset")
         if preview:
             typer.echo(f"  preview     {draw(folder)}")
 
