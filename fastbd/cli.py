@@ -205,7 +205,8 @@ def eval_cmd(
 
 
 @app.command("compare")
-def compare(runs: List[Path] = typer.Argument(..., help="run folders that have been through `fastbd eval`")) -> None:
+def compare(runs: List[Path] = typer.Argument(..., help="evaluated run folders (RUN/eval/report.json), or the "
+                                             "folders `fastbd eval ... out=DIR` wrote, or report.json files")) -> None:
     """Print the clean-vs-poisoned table (accuracy, target FP, ASR, NFP, kNN) of evaluated runs."""
     import json
 
@@ -214,13 +215,21 @@ def compare(runs: List[Path] = typer.Argument(..., help="run folders that have b
     rows = []
     with _user_errors():
         for r in runs:
-            p = r / "eval" / "report.json"
-            if not p.is_file():
-                raise FileNotFoundError(f"{p}: run `fastbd eval --run {r} data=...` first")
+            p = _eval_report(r)
             rep = json.loads(p.read_text())
             knn = next((v for k, v in rep.items() if k.startswith("knn_") and k.endswith("_top1")), None)
-            rows.append({"model": r.name, **rep[rep["protocol"]], "knn_top1": knn})
+            name = r.name if p == r / "eval" / "report.json" else str(r)
+            rows.append({"model": name, **rep[rep["protocol"]], "knn_top1": knn})
     typer.echo(report_markdown(rows))
+
+
+def _eval_report(path: Path) -> Path:
+    """report.json of an evaluation: the file itself, an eval folder (out=), or a run folder's eval/."""
+    for p in (path, path / "report.json", path / "eval" / "report.json"):
+        if p.is_file():
+            return p
+    raise FileNotFoundError(f"{path}: no report.json (nor eval/report.json); run `fastbd eval --run {path} "
+                            "data=...` first, or pass the folder its out= named")
 
 
 @app.command("sweep")
