@@ -42,7 +42,19 @@ def _version(value: bool) -> None:
 @app.callback()
 def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="print the installed version and exit")) -> None:
-    pass
+    import warnings
+
+    warnings.formatwarning = _warning_line
+
+
+_default_formatwarning = __import__("warnings").formatwarning
+
+
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """fastbd's own warnings (e.g. an unsealed /1 manifest) as one line, `warning: ...`, like its errors."""
+    if category.__module__.split(".")[0] in ("beton_builders", "fastbd"):
+        return f"warning: {message}\n"
+    return _default_formatwarning(message, category, filename, lineno, line)
 
 
 @contextmanager

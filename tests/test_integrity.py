@@ -123,6 +123,10 @@ def test_a_version_1_manifest_is_read_with_a_warning(tiny_build, tmp_path):
     with pytest.warns(UnsealedManifestWarning, match="no self hash"):
         m = load_manifest(old)
     assert m["counts"]["train_clean"] == 48
+    from fastbd.cli import _warning_line  # the command line prints it as one line, like its errors
+
+    assert _warning_line("no self hash", UnsealedManifestWarning, "x.py", 1) == "warning: no self hash\n"
+    assert "x.py:1: DeprecationWarning" in _warning_line("other", DeprecationWarning, "x.py", 1)
     _edit(old, HAND_EDITS["count"][0], False)  # unsealed, yet still checked for consistency
     with warnings.catch_warnings(), pytest.raises(ManifestError, match="count 5"):
         warnings.simplefilter("ignore")
@@ -233,6 +237,11 @@ def test_the_sweep_lets_shared_clean_controls_meet_the_other_pairs_builds(tmp_pa
         for e in r["evals"]:
             assert e["cfg"]["allow_other_data"] is (e["build"] != r["build"]), (r["params"], e["build"])
     assert any(len(r["attacks"]) == 2 for r in plan["runs"])  # the clean control meets both pairs
+    from fastbd.sweep.stages import _eval_hash, _train_hash  # checks that change no number redo no stage
+
+    e, t = plan["runs"][0]["evals"][0], plan["runs"][0]["train"]
+    assert _eval_hash(e) == _eval_hash({**e, "cfg": {**e["cfg"], "allow_other_data": True, "verify_files": False}})
+    assert _train_hash(t) == _train_hash({**t, "data": {**t["data"], "allow_other_data": True}})
 
 
 # ----- one-line errors instead of tracebacks --------------------------------------------------------------
