@@ -242,6 +242,10 @@ def test_the_sweep_lets_shared_clean_controls_meet_the_other_pairs_builds(tmp_pa
     e, t = plan["runs"][0]["evals"][0], plan["runs"][0]["train"]
     assert _eval_hash(e) == _eval_hash({**e, "cfg": {**e["cfg"], "allow_other_data": True, "verify_files": False}})
     assert _train_hash(t) == _train_hash({**t, "data": {**t["data"], "allow_other_data": True}})
+    ids = [r["id"] for r in plan["runs"]]
+    again = make_plan(load_sweep(write_sweep(tmp_path, rates=[0, 0.5], seeds=[0], triggers={"a": [], "b": [
+        "trigger.seed=5"]}), ["train_overrides=[data.allow_other_data=true]"]))
+    assert [r["id"] for r in again["runs"]] == ids
 
 
 # ----- one-line errors instead of tracebacks --------------------------------------------------------------

@@ -236,7 +236,9 @@ def make_plan(cfg: SweepConfig) -> dict:
     for method, rate, seed, pair in product(cfg.grid.methods, cfg.grid.rates, cfg.grid.seeds, builds):
         b = builds[pair]
         train = _train_cfg(cfg, method, b, rate, seed)
-        rid = digest({**_training_identity(cfg, b, rate), "train": without(to_dict(train), "out", "data.path")})
+        # allow_other_data changes no number, so it is no part of a run's identity (nor its stage's)
+        rid = digest({**_training_identity(cfg, b, rate),
+                      "train": without(to_dict(train), "out", "data.path", "data.allow_other_data")})
         if rid in runs:
             if rate == 0 and cfg.grid.share_clean and b["id"] not in runs[rid]["attacks"]:
                 runs[rid]["attacks"].append(b["id"])
