@@ -30,8 +30,11 @@ attack_metrics
 Files
 -----
 write_conf_matrix_csv
-    ``conf_matrix.csv`` with the reference's layout: three header lines (model, data, top-1 for
-    clean and patched val), then ``class name,class id,TP,FP,,TP,FP`` and one row per class.
+    ``conf_matrix.csv`` exactly as the reference writes it: three header lines (model, data, top-1 for
+    clean and patched val), then ``class name,class id,TP,FP,,TP,FP`` and one row per class, with the
+    counts as floats (the reference's matrix is ``np.zeros``, so it writes ``12.0``).
+read_class_names
+    Human-readable names from a ``<wnid>\t<name>`` file, the reference's ``imagenet_metadata.txt``.
 save_matrices
     ``conf_matrix_clean.npy`` and ``conf_matrix_poisoned.npy`` (reference names).
 The heatmap of a matrix and the markdown table of several models are drawn in fastbd/plots.py and fastbd/report.py, the one
@@ -58,6 +61,7 @@ __all__ = [
     "top1",
     "attack_metrics",
     "write_conf_matrix_csv",
+    "read_class_names",
     "save_matrices",
 ]
 
@@ -181,8 +185,9 @@ def write_conf_matrix_csv(path, cm_clean, cm_patched, class_names: Sequence[str]
         class name,class id,TP,FP,,TP,FP
         <name>,<id>,<clean TP>,<clean FP>,,<patched TP>,<patched FP>     (one row per class)
 
-    Top-1 is a percentage with two decimals, as in the reference. Commas inside names become
-    semicolons (as in the reference). ``class_names`` defaults to the class ids.
+    Top-1 is a percentage with two decimals and the counts are floats (``9.0``), as the reference writes
+    its float matrix. Commas inside names become semicolons (as in the reference). ``class_names``
+    defaults to the class ids.
     """
     cm_clean = check_cm(cm_clean, "cm_clean")
     cm_patched = check_cm(cm_patched, "cm_patched")
@@ -202,9 +207,37 @@ def write_conf_matrix_csv(path, cm_clean, cm_patched, class_names: Sequence[str]
         "class name,class id,TP,FP,,TP,FP",
     ]
     for c in range(num_classes):
-        lines.append(f"{_csv_text(class_names[c])},{c},{as_count(tp_c[c])},{as_count(fp_c[c])},,"
-                     f"{as_count(tp_p[c])},{as_count(fp_p[c])}")
+        lines.append(f"{_csv_text(class_names[c])},{c},{_ref_count(tp_c[c])},{_ref_count(fp_c[c])},,"
+                     f"{_ref_count(tp_p[c])},{_ref_count(fp_p[c])}")
     return atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
+
+
+def _ref_count(x) -> str:
+    """A count as the reference prints an element of its float64 matrix: `9.0`."""
+    return str(float(x))
+
+
+def read_class_names(path, classes: Sequence[str]) -> list[str]:
+    """The human-readable name of each class from a file of ``<class>\t<name>`` lines (the reference's
+    ``imagenet_metadata.txt``: ``n01440764<TAB>tench, Tinca tinca``), in the order of ``classes``. A
+    malformed line or a class the file does not name is a ValueError naming the file."""
+    names: dict[str, str] = {}
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise FileNotFoundError(f"class_names: cannot read {path}: {e.strerror}") from None
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        key, tab, name = line.rstrip("\r").partition("\t")
+        if not tab:
+            raise ValueError(f"class_names: {path}, line {n}: expected `<class><TAB><name>`, got {line[:60]!r}")
+        names[key.strip()] = name.strip()
+    missing = [c for c in classes if c not in names]
+    if missing:
+        raise ValueError(f"class_names: {path} does not name {len(missing)} of the build's {len(classes)} "
+                         f"classes, e.g. {missing[:3]}")
+    return [names[c] for c in classes]
 
 
 def read_conf_matrix_csv(path) -> list[list[str]]:

@@ -109,13 +109,24 @@ def _table(header: Sequence[str], body: Iterable[Sequence[Any]]) -> list[str]:
     return lines
 
 
+def run_counts(rows: Sequence[Row]) -> str:
+    """"Runs: ..." of summary.md. A row is one evaluation (run x defense x pair x label fraction), so runs are
+    counted by run_id: failed if any of its rows failed, done if all are done, pending otherwise."""
+    states: dict[Any, list] = defaultdict(list)
+    for r in rows:
+        states[r.get("run_id")].append(r.get("state"))
+    runs = {s: 0 for s in ("done", "failed", "pending")}
+    for st in states.values():
+        runs["failed" if "failed" in st else "done" if all(x == "done" for x in st) else "pending"] += 1
+    evals = {s: sum(r.get("state") == s for r in rows) for s in ("done", "failed", "pending")}
+    return (f"Runs: {len(states)} total, {runs['done']} done, {runs['failed']} failed, {runs['pending']} pending "
+            f"({len(rows)} evaluations: {evals['done']} done, {evals['failed']} failed, {evals['pending']} pending).")
+
+
 def summary_markdown(rows: Sequence[Row], title: str) -> str:
     """A markdown report: run counts, a mean-over-seeds table, one line per run, failed runs with errors."""
     rows = sorted(rows, key=_sort_key)
-    count = {s: sum(r.get("state") == s for r in rows) for s in ("done", "failed", "pending")}
-    lines = [f"# {title}", "",
-             f"Runs: {len(rows)} total, {count['done']} done, {count['failed']} failed, "
-             f"{count['pending']} pending.", "", "## Mean over seeds", ""]
+    lines = [f"# {title}", "", run_counts(rows), "", "## Mean over seeds", ""]
     lines += _table(
         ["method", "trigger", "target", "defense", "label %", "rate", "poisoned", "n", "clean top-1 %",
          "patched top-1 %", "target FP", "target FP clean", "ASR %", "kNN top-1 %", "kNN target FP",

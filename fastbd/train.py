@@ -35,7 +35,7 @@ from fastbd.methods import MethodConfig, make_method
 from fastbd.models import ModelConfig, make_backbone, model_meta
 from fastbd.monitor import BackdoorMonitor, MonitorConfig
 from fastbd.optim import OptimConfig, lr_at, make_optimizer
-from fastbd.runs import MetricsLog, atomic_torch_save, export_encoder, load_checkpoint, run_meta
+from fastbd.runs import MetricsLog, atomic_torch_save, check_run_data, export_encoder, load_checkpoint, run_meta
 
 
 @dataclass
@@ -123,6 +123,8 @@ class Trainer:
         self._prepare_folder(resume)
         self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.info.main, tensorboard=cfg.tensorboard,
                                   log=self.log)  # after the folder check: the TensorBoard writer makes RUN/tb
+        if resume:  # each step once in metrics.jsonl: what the checkpoint does not cover goes, a resume line marks it
+            self.metrics.mark_resume(self.epoch, self.step, data_match=self._resume_data["match"])
         if self.info.main and not resume:
             for w in self.method.schedule_warnings(self.total_steps):
                 self.log(f"warning: {w}")
@@ -140,6 +142,9 @@ class Trainer:
         if resume:
             if not ckpt.is_file():
                 raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
+            # the build under data.path must still hold the data this run started on (manifest.same_data)
+            self._resume_data = check_run_data(self.out, self.cfg.data.path, "--resume", "data.allow_other_data",
+                                               self.cfg.data.allow_other_data)
             self._load(ckpt)
             self.log(f"resumed {self.out} at epoch {self.epoch} (step {self.step})")
             return
@@ -150,10 +155,16 @@ class Trainer:
         if nonempty:
             raise FileExistsError(f"run folder {self.out} is not empty; use --resume to continue it, "
                                   "or choose another out=")
+        teacher = self.method.teacher_run()
+        if teacher:  # distillation: the teacher must have been trained on this build's data (or be allowed not to)
+            teacher_data = check_run_data(Path(teacher), self.cfg.data.path, "distill", "data.allow_other_data",
+                                          self.cfg.data.allow_other_data)
         if self.info.main:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(self.out / "config.yaml", to_yaml(self.cfg).encode())
-            meta = run_meta(self.cfg.data.path, self.info.world)
+            meta = run_meta(self.cfg.data.path, self.info.world, self.loader.sample_indices, teacher)
+            if teacher:
+                meta["data"]["teacher_match"] = teacher_data["match"]
             write_json(self.out / "meta.json", meta)
             if self.cfg.data.clean_fraction is not None:  # the distillation subset, for provenance
                 save_npy(self.out / "clean_subset.npy", self.loader.sample_indices)

@@ -147,3 +147,14 @@ def test_no_file_is_over_400_lines(folder):
     long = {str(f.relative_to(ROOT)): n for f in sorted((ROOT / folder).rglob("*.py"))
             if (n := len(f.read_text().splitlines())) > 400}
     assert long == {}
+
+
+def test_every_manifest_reader_goes_through_manifest_py():
+    """Design, "one home for each job": only beton_builders/manifest.py parses manifest.json, so its self hash
+    and consistency checks cover every reader (train, eval, distill, sweep, inspect, export, benchmarks)."""
+    home = ROOT / "beton_builders" / "manifest.py"
+    offenders = [f"{f.relative_to(ROOT)}:{n}" for folder in ("beton_builders", "fastbd", "benchmarks")
+                 for f in sorted((ROOT / folder).rglob("*.py")) if f != home
+                 for n, line in enumerate(f.read_text().splitlines(), 1)
+                 if "manifest.json" in line and "json.load" in line]
+    assert offenders == []

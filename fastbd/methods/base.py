@@ -68,6 +68,11 @@ class Method(nn.Module):
         (train.sync_bn); a method whose BN statistics must stay per rank says no."""
         return True
 
+    def teacher_run(self) -> str | None:
+        """The run folder of a teacher this method learns from (distillation), or None: the trainer checks
+        that the teacher was trained on the same data, and a student inherits the teacher's record."""
+        return None
+
     @torch.no_grad()
     def after_step(self, progress: float) -> None:
         """Called after each optimizer step; progress = step / total_steps."""

@@ -60,6 +60,9 @@ class CompRess(Method):
         add_ring(self, "bank_t", c.bank, num_samples, t_dim)
         add_ring(self, "bank_s", c.bank, num_samples, c.dim, ptr="bank_ptr")
 
+    def teacher_run(self) -> str:
+        return self.cfg.compress.teacher
+
     def train(self, mode: bool = True):
         super().train(mode)
         self.teacher.eval()  # frozen: BN statistics of the teacher never move
