@@ -322,4 +322,4 @@ def test_short_run_traps_are_named():
     assert ring_warning("method.moco.queue", 4096, 5000) == []
     (w,) = ema_warning("method.moco.momentum", 0.999, 300)
     assert "~1000 steps" in w and "300 steps" in w
-    assert ema_warning("method.moco.momentum", 0.99, 2000) == []  # 100 steps of 2,000
+    assert ema_warning("method.moco.momentum", 0.99, 900) == []  # 100 steps of 900

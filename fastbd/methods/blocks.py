@@ -59,16 +59,17 @@ def ring_warning(field: str, capacity: int, num_samples: int) -> list[str]:
     return [f"{field}={capacity} is capped to the {num_samples} training images"]
 
 
-def ema_warning(field: str, momentum: float, total_steps: int, share: float = 0.1) -> list[str]:
+def ema_warning(field: str, momentum: float, total_steps: int, share: float = 0.25) -> list[str]:
     """A note when an EMA's horizon, 1 / (1 - m) steps, exceeds `share` of the run: its copy then still
     mostly holds the random initialisation for much of training (0.999 is 1,000 steps; ImageNet-100 at
     batch 256 has ~500 steps per epoch, a 5-epoch CPU run on 5,000 images has ~200 in all)."""
     horizon = 1.0 / max(1e-12, 1.0 - momentum)
     if horizon <= share * total_steps:
         return []
+    suggest = 1 - 1 / max(2.0, 0.1 * total_steps)  # a horizon of a tenth of the run
     return [f"{field}={momentum:g} averages over ~{horizon:.0f} steps, more than {share:.0%} of this run's "
-            f"{total_steps} steps; for short runs a lower momentum (e.g. {1 - 1 / max(2.0, share * total_steps):.3g}) "
-            "lets the momentum copy follow the online network"]
+            f"{total_steps} steps, so the momentum copy lags the online network for much of it; for short "
+            f"runs use a lower momentum (e.g. {suggest:.3g})"]
 
 
 # ----- heads ----------------------------------------------------------------------------------------------
