@@ -27,16 +27,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 import tarfile
-import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image
 
-from .build import _swap_into_place
+from .files import staged_folder
 from .manifest import load_manifest, rate_entry, train_indices, verify_files
 
 SPLITS = ("train", "val", "val_poisoned")
@@ -101,16 +99,16 @@ def export_reference(build: str | Path, out: str | Path, rates: list[float] | No
         entries = [rate_entry(m, r) for r in (rates if rates else [e["rate"] for e in m["rates"]]) if r]
     except KeyError as e:
         raise ExportError(str(e.args[0])) from None
+    if patch_params and any(p["box_source"] is None for p in m["poisoned"]):
+        raise ExportError(f"--patch-params: {build}'s trigger ({m['trigger']['kind']}) has no patch box in "
+                          "every poisoned image; export without it")
     n_clean = m["counts"]["train_clean"]
     n_train = n_clean + max((e["count"] for e in entries), default=0)
     classes = [_folder_name(c) for c in m["source"]["classes"]]
     ext = ".jpg" if m["storage"]["write_mode"] == "jpg" else ".png"
     boxes = {p["index"]: p["box_source"] for p in m["poisoned"]}
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with staged_folder(out) as tmp:  # nothing under the final name until the whole export is written
         lines: dict[str, dict[int, str]] = {}
         for split in SPLITS:
             lines[split] = {}
@@ -138,9 +136,5 @@ def export_reference(build: str | Path, out: str | Path, rates: list[float] | No
                             for e in entries],
                   "lists": {name: len(ls) for name, ls in lists.items()}, "patch_params": patch_params}
         (tmp / "export.json").write_text(json.dumps(record, indent=1) + "\n")
-        _swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return record
 
