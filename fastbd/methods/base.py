@@ -58,6 +58,11 @@ class Method(nn.Module):
     def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         raise NotImplementedError
 
+    def optim_groups(self) -> list[dict]:
+        """The optimiser's parameter groups: one of every trainable parameter. A group with `fixed_lr: True`
+        stays at the base learning rate while the schedule moves the others (SimSiam's predictor)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
     def allows_sync_bn(self) -> bool:
         """Whether the trainer may turn this method's BatchNorm layers into SyncBatchNorm under DDP on GPUs
         (train.sync_bn); a method whose BN statistics must stay per rank says no."""
