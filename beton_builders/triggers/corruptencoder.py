@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -58,18 +59,18 @@ BACKGROUND_STREAM = 0xBA6
 
 @dataclass
 class CorruptEncoderConfig:
-    references: Optional[str] = None  # folder of target-class reference objects: <name>/img.* + <name>/label.png (the reference's labelme layout; mask = nonzero), or RGBA cut-outs (alpha = mask); synthetic source: None draws them
+    references: Optional[str] = None  # folder of target-class objects with masks (corruptencoder_parts.py); None: a synthetic source draws them
     num_references: int = 3  # reference objects used, the first N by name (paper: 3)
-    backgrounds: Optional[str] = None  # folder of background images (paper: Places365 scenes); synthetic source: None draws object-free backdrops
-    support: Optional[str] = None  # folder of support images of the target class (CorruptEncoder+); synthetic source: None draws them
+    backgrounds: Optional[str] = None  # folder of background images (paper: Places365 scenes); None: synthetic backdrops
+    support: Optional[str] = None  # folder of target-class support images (CorruptEncoder+); None: synthetic renders
     num_support: int = 5  # support images a synthetic source draws (the reference's default: 5)
-    support_ratio: float = 0.0  # fraction of poisoned images that are support poisons (0: CorruptEncoder; 0.2: CorruptEncoder+)
+    support_ratio: float = 0.0  # fraction of poisoned images that are support poisons (CorruptEncoder+: 0.2)
     trigger_width: int = 40  # px, side of the square trigger in poisoned and val_poisoned images (paper: 40)
-    max_size: int = 800  # px, objects wider than max_size / 2 are shrunk, so poisoned images stay within about this width
+    max_size: int = 800  # px, objects wider than max_size / 2 are shrunk (keeps poisoned images about this wide)
     area_ratio: float = 2.0  # poisoned image width / object width (the paper's optimal size ratio: 2)
     object_margin: float = 0.05  # object's inward shift from its side, drawn in [0, this] x image width
-    trigger_margin: float = 0.25  # trigger kept this x height from top and bottom, half this x width from the sides and the object
-    val_min: float = 0.25  # val_poisoned: trigger box inside [val_min, val_max] of the crop (the reference's test set: 0.25)
+    trigger_margin: float = 0.25  # trigger this x height from top and bottom, half this x width from sides and object
+    val_min: float = 0.25  # val_poisoned: trigger box inside [val_min, val_max] of the crop (reference test: 0.25)
     val_max: float = 0.75  # (the reference's test set: 0.75)
 
 
@@ -94,7 +95,7 @@ def compose(obj: Part, background: np.ndarray, patch: Trigger, rng: np.random.Ge
     o_w = min(w, c.max_size // 2)  # the reference's 'horizontal' rule
     o_h = max(1, int(o_w / w * h))
     need_w, need_h = min_object(c, tw)
-    scale = max(1.0, need_w / o_w, need_h / o_h)
+    scale = max(1.0, need_w / o_w, need_h / o_h)  # fastbd's deviation for small (or very flat) objects
     o_w, o_h = math.ceil(o_w * scale), math.ceil(o_h * scale)
     im, mask = im.resize((o_w, o_h), Image.Resampling.BICUBIC), mask.resize((o_w, o_h), Image.Resampling.NEAREST)
     p_h, p_w = o_h, int(c.area_ratio * o_w)
@@ -131,7 +132,8 @@ def concat(support: np.ndarray, reference: np.ndarray, rng: np.random.Generator,
     w, h = sup.size
     n_w = min(w, c.max_size // 2)
     n_h = max(1, int(n_w / w * h))
-    sup, ref = sup.resize((n_w, n_h), Image.Resampling.BICUBIC), Image.fromarray(reference).resize((n_w, n_h), Image.Resampling.BICUBIC)
+    sup = sup.resize((n_w, n_h), Image.Resampling.BICUBIC)
+    ref = Image.fromarray(reference).resize((n_w, n_h), Image.Resampling.BICUBIC)
     canvas = Image.new("RGB", (2 * n_w, n_h), (255, 255, 255))
     support_first = rng.random() < 0.5
     canvas.paste(sup if support_first else ref, (0, 0))
@@ -184,10 +186,10 @@ class CorruptEncoder(TriggerKind):
             if folder is None and not synth:
                 raise ConfigError(f"{f}{name}: required for a {spec.source.kind} source (a folder; only the "
                                   "synthetic source can draw its own)")
-        if t.path is not None:
-            from pathlib import Path
-            if not Path(t.path).is_file():
-                raise ConfigError(f"trigger.path: trigger file not found: {t.path}")
+        if c.support_ratio > 0 and c.support is None and c.num_support < 1:
+            raise ConfigError(f"{f}num_support: {c.num_support}; support poisons need at least one support image")
+        if t.path is not None and not Path(t.path).is_file():
+            raise ConfigError(f"trigger.path: trigger file not found: {t.path}")
 
     def __init__(self, spec, source, target):
         super().__init__(spec, source, target)
