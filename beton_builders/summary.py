@@ -29,13 +29,12 @@ def summary(folder: str | Path, check: bool = True) -> str:
         f"  storage     max {st['max_resolution']} px, {st['write_mode']} q{st['jpeg_quality']}, "
         + (f"val_poisoned = resize {st['val_resize']} + crop {st['val_crop']}" if st['val_resize']
            else "val_poisoned = full images"),
-        f"  train.beton {c['train_total']} samples = {c['train_clean']} clean + {c['train_poisoned']} poisoned copies",
+        f"  train.beton {c['train_total']} samples = {c['train_clean']} clean + {c['train_poisoned']} "
+        + ("composed poisoned images (added to the clean ones at every rate)" if _added(m) else "poisoned copies"),
     ]
     for e in m["rates"]:
         lines.append(f"    rate {e['rate']:g} ({e['mode']}): {e['count']} poisoned, indices "
                      f"{_span(e['poisoned_indices'])}")
-    if any(p["clean_index"] is None for p in m["poisoned"]):
-        lines.append("    (poisoned images are composed and added: a rate trains on every clean image plus them)")
     lines += [f"  val.beton   {c['val']} samples",
               f"  val_poisoned.beton {c['val_poisoned']} samples ({c['val_poisoned_nontarget']} non-target): "
               f"{a['evaluation']}",
@@ -45,6 +44,10 @@ def summary(folder: str | Path, check: bool = True) -> str:
         lines.append(f"  files       {len(m['files'])} checked against sha256: "
                      + ("all match" if not bad else f"MISMATCH in {bad}"))
     return "\n".join(lines)
+
+
+def _added(m: dict) -> bool:
+    return any(p["clean_index"] is None for p in m["poisoned"])
 
 
 def _span(idx: list[int]) -> str:
