@@ -42,7 +42,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from beton_builders import build, load_spec  # noqa: E402
+from beton_builders import build, load_manifest, load_spec  # noqa: E402
 from beton_builders.host import cores  # noqa: E402
 from beton_builders.poison import paste, place, placement_rng, select_poison  # noqa: E402
 from beton_builders.process import RESIZE_FILTER, _val_transform, stored_size  # noqa: E402
@@ -211,7 +211,7 @@ def versus_reference(args, out: Path, src: Path, hw: dict) -> None:
     if r.returncode != 0:
         sys.exit(f"fastbd build-beton failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
     load.append(os.getloadavg())
-    m = json.loads((dest / "manifest.json").read_text())
+    m = load_manifest(dest)
     n_fast = m["counts"]["train_total"] + m["counts"]["val"] + m["counts"]["val_poisoned"]
     c0, t0 = cpu_seconds(), time.perf_counter()
     subprocess.run([sys.executable, "-c", "import torch, torchvision.transforms, matplotlib.pyplot, tqdm"], check=True)

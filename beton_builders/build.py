@@ -96,10 +96,12 @@ class _Split:
         self.writer = ShardWriter(folder / "dali", name, spec.storage.shard_size, spec.storage.write_mode == "raw")
         self.sizes: list[tuple[int, int]] = []
         self.columns = {c: [] for c in columns}
+        self.digest = hashlib.sha256()  # label, size and bytes of every sample so far (manifest clean_sha256)
 
     def add(self, r: Result, label: int, **cols: int) -> int:
         i = self.writer.add(r.payload, label, r.height, r.width)
         self.sizes.append((r.height, r.width))
+        self.digest.update(f"{label} {r.height} {r.width} {hashlib.sha256(r.payload).hexdigest()}\n".encode())
         for c, v in dict(label=label, **cols).items():
             self.columns[c].append(v)
         return i
@@ -132,6 +134,7 @@ def build(spec: PoisonSpec, out: str | Path, force: bool = False,
     t0 = time.perf_counter()
     with staged_folder(out) as tmp:
         manifest, timings = _build_into(spec, tmp, log)
+        manifest = mf.seal(manifest)  # self hash last; a manifest that contradicts itself is never written
         write_json(tmp / "manifest.json", manifest)
         timings["total_s"] = time.perf_counter() - t0
         write_json(tmp / "build_log.json", {"timings": timings, "workers": _workers(spec), "host": os.uname().nodename})
@@ -200,6 +203,8 @@ def _build_into(spec: PoisonSpec, folder: Path, log) -> tuple[dict, dict]:
         "poisoned": poisoned,
         "val_poisoned": val_meta,
         "skipped": skipped,
+        # the clean part's identity (manifest.same_data): clean training samples, then val
+        "clean_sha256": hashlib.sha256(f"{train.clean_digest}\n{val['val'].digest.hexdigest()}".encode()).hexdigest(),
     }
     manifest["files"] = {str(p.relative_to(folder)): mf.sha256_file(p)
                          for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "build_log.json"}
@@ -219,6 +224,7 @@ def _build_train(spec, folder, items, target, kind: TriggerKind, runner, timings
             src_sizes[r.index] = (r.src_w, r.src_h)
             passthrough += r.passthrough
     timings["train_clean_s"] = time.perf_counter() - t
+    train.clean_digest = train.digest.hexdigest()  # before the poisoned copies are appended
     kept = np.array(sorted(clean_index), np.int64)
     labels = np.array([items[i][1] for i in kept], np.int64)
     if kind.adds:  # composed images: the largest rate's count of them, each its own slot

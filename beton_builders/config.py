@@ -61,6 +61,11 @@ def _load(cls: type, path, overrides: Sequence[str], defaults: Sequence[str], fi
                     raise ConfigError(f"override {item!r} is not of the form key=value")
             base = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
         return finish(base)
+    except yaml.YAMLError as e:  # a syntax error (ParserError, ScannerError): where it is, on one line
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML{at}: {problem}") from None
     except MissingMandatoryValue as e:
         key = getattr(e, "full_key", None) or "a key"
         raise ConfigError(f"{key}: required; give it in the YAML or as {key}=...") from None

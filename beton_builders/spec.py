@@ -38,6 +38,8 @@ class SyntheticSpec:
     height: int = 96  # px, image height before jitter
     size_jitter: float = 0.0  # fraction; each side drawn in [1-j, 1+j] x nominal (0: all one size)
     jpeg_quality: int = 92  # the generated "camera" JPEGs, before fastbd re-encodes them
+    background_saturation: float = 0.15  # HSV saturation, upper bound of the background's colours (see synthetic.py)
+    object_size: list[float] = field(default_factory=lambda: [0.2, 0.32])  # object radius range, fraction of the shorter side
     seed: int = 0  # generator seed (independent of the poisoning seed)
 
 
@@ -142,6 +144,10 @@ def validate(spec: PoisonSpec) -> PoisonSpec:
     _check(syn.train_per_class >= 1 and syn.val_per_class >= 1, "source.synthetic.train_per_class", "must be >= 1")
     _check(min(syn.width, syn.height) >= 8, "source.synthetic.width", "images must be at least 8 px")
     _check(0 <= syn.size_jitter < 1, "source.synthetic.size_jitter", "must be in [0, 1)")
+    _in_unit(syn.background_saturation, "source.synthetic.background_saturation")
+    lo_hi = syn.object_size
+    _check(len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1] <= 0.5, "source.synthetic.object_size",
+           f"{lo_hi} must be [min, max] with 0 < min <= max <= 0.5 (radius over the shorter side)")
     _check(t.kind in TRIGGER_KINDS, "trigger.kind", f"{t.kind!r} is not one of {TRIGGER_KINDS}")
     _check(t.width >= 1, "trigger.width", f"{t.width} px; must be >= 1")
     _check(t.font_size >= 1, "trigger.font_size", f"{t.font_size} px; must be >= 1")

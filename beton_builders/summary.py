@@ -17,6 +17,12 @@ from .manifest import attack, load_manifest, verify_files
 
 
 def summary(folder: str | Path, check: bool = True) -> str:
+    return checked_summary(folder, check)[0]
+
+
+def checked_summary(folder: str | Path, check: bool = True) -> tuple[str, list[str]]:
+    """(the summary text, the files whose sha256 no longer matches the manifest). Loading the manifest
+    checks its self hash and index lists (a ManifestError names what is wrong)."""
     m = load_manifest(folder)
     c, st, spec = m["counts"], m["storage"], m["spec"]
     tgt, a = m["target"], attack(m)
@@ -38,12 +44,16 @@ def summary(folder: str | Path, check: bool = True) -> str:
     lines += [f"  val.beton   {c['val']} samples",
               f"  val_poisoned.beton {c['val_poisoned']} samples ({c['val_poisoned_nontarget']} non-target): "
               f"{a['evaluation']}",
-              f"  skipped     {c['skipped']} unreadable source images"]
+              f"  skipped     {c['skipped']} unreadable source images",
+              f"  manifest    {m['schema']}, " + (f"self hash {m['self_sha256'][:16]} matches, clean part "
+                                                 f"{m['clean_sha256'][:16]}" if m.get("self_sha256")
+                                                 else "no self hash (rebuild to add one)")]
+    bad: list[str] = []
     if check:
         bad = verify_files(folder, m)
         lines.append(f"  files       {len(m['files'])} checked against sha256: "
                      + ("all match" if not bad else f"MISMATCH in {bad}"))
-    return "\n".join(lines)
+    return "\n".join(lines), bad
 
 
 def _added(m: dict) -> bool:

@@ -2,9 +2,18 @@
 
 No download: every image is a pure function of (generator seed, split, index). Each class has its own
 foreground shape, hue and background-texture orientation; nuisance factors (position, scale, rotation,
-background colour, lighting, noise) are drawn per image. So an SSL encoder has something real to learn,
-and a linear probe on a good encoder separates the classes while raw pixels do it only poorly.
-Images are JPEG-encoded like camera images, so the build path is the same as for real data.
+background colour, lighting, noise) are drawn per image. Images are JPEG-encoded like camera images, so
+the build path is the same as for real data.
+
+Two knobs decide whether SSL learns the classes or the nuisance (measured on the 2-core VM, MoCo v2,
+ResNet-18 at width 32, 32-px views of 64-px images, 5,000 images, kNN top-1 of the encoder):
+- `background_saturation`, the largest saturation of the background's two colours. A random,
+  saturated background is an instance cue that colour jitter does not remove, and contrastive learning
+  latches on to it: at 0.5 (this generator's first default) kNN top-1 *fell* under MoCo, from 40% at
+  initialisation to 30% after 6 epochs. At 0.15 the foreground carries the colour.
+- `object_size`, the range of the object's radius as a fraction of the shorter side. Large objects keep
+  their shape through 0.2-area random crops at 32 px; with 0.2-0.32 and the low-saturation background,
+  kNN top-1 went from 61% at initialisation to 90% after 24 epochs.
 """
 
 from __future__ import annotations
@@ -69,7 +78,8 @@ def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, cx, cy, r, rot, colour) ->
 
 
 def render(seed: int, split: str, index: int, label: int, num_classes: int,
-           width: int, height: int, size_jitter: float) -> np.ndarray:
+           width: int, height: int, size_jitter: float, background_saturation: float = 0.15,
+           object_size: tuple[float, float] = (0.2, 0.32)) -> np.ndarray:
     """One RGB uint8 image of class `label`, a pure function of its arguments."""
     rng = np.random.default_rng([seed, SPLIT_CODE[split], index])
     if size_jitter > 0:
@@ -79,8 +89,8 @@ def render(seed: int, split: str, index: int, label: int, num_classes: int,
     # Background: a class-independent colour gradient plus a grating at the class's orientation.
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     scale = 96.0 / max(width, height)
-    c0 = np.array(_rgb(rng.random(), rng.uniform(0.1, 0.5), rng.uniform(0.3, 0.8)), np.float32)
-    c1 = np.array(_rgb(rng.random(), rng.uniform(0.1, 0.5), rng.uniform(0.3, 0.8)), np.float32)
+    c0 = np.array(_rgb(rng.random(), rng.uniform(0.0, background_saturation), rng.uniform(0.3, 0.8)), np.float32)
+    c1 = np.array(_rgb(rng.random(), rng.uniform(0.0, background_saturation), rng.uniform(0.3, 0.8)), np.float32)
     g = rng.random() * 2 * np.pi
     t = (np.cos(g) * xx / width + np.sin(g) * yy / height + 1) / 2
     img = c0 + (c1 - c0) * t[..., None]
@@ -92,7 +102,7 @@ def render(seed: int, split: str, index: int, label: int, num_classes: int,
     # Foreground: the class's shape in the class's hue, at a random place, size and rotation.
     draw = ImageDraw.Draw(pil)
     m = min(width, height)
-    r = m * rng.uniform(0.16, 0.32)
+    r = m * rng.uniform(*object_size)
     cx, cy = rng.uniform(r, width - r), rng.uniform(r, height - r)
     colour = _rgb(hue + rng.normal(0, 0.02), rng.uniform(0.6, 1.0), rng.uniform(0.65, 1.0))
     _draw_shape(draw, SHAPES[shape], cx, cy, r, rng.random() * 2 * np.pi, colour)
@@ -102,9 +112,11 @@ def render(seed: int, split: str, index: int, label: int, num_classes: int,
 
 
 def render_jpeg(seed: int, split: str, index: int, label: int, num_classes: int, width: int,
-                height: int, size_jitter: float, quality: int) -> bytes:
+                height: int, size_jitter: float, quality: int, background_saturation: float = 0.15,
+                object_size: tuple[float, float] = (0.2, 0.32)) -> bytes:
     buf = io.BytesIO()
-    arr = render(seed, split, index, label, num_classes, width, height, size_jitter)
+    arr = render(seed, split, index, label, num_classes, width, height, size_jitter, background_saturation,
+                 object_size)
     Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
 
@@ -114,32 +126,34 @@ def render_jpeg(seed: int, split: str, index: int, label: int, num_classes: int,
 OBJECT_STREAM, BACKDROP_STREAM = 7, 8
 
 
-def cutout(seed: int, index: int, label: int, num_classes: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """A reference object of class `label`: its shape in its hue, lit and noised as `render` does, cropped to
-    the shape. Returns (rgb (h, w, 3) uint8, mask (h, w) bool)."""
+def cutout(seed: int, index: int, label: int, num_classes: int, size: int,
+           object_size: tuple[float, float] = (0.2, 0.32)) -> tuple[np.ndarray, np.ndarray]:
+    """A reference object of class `label`: its shape in its hue, at the radius `render` draws in a `size`-px
+    image, lit and noised as `render` does, cropped to the shape. Returns (rgb (h, w, 3) uint8, mask (h, w) bool)."""
     rng = np.random.default_rng([seed, OBJECT_STREAM, label, index])
     shape, hue, _, _ = _class_params(label, num_classes)
-    r = size * rng.uniform(0.3, 0.45)
+    r = size * rng.uniform(*object_size)
+    side = int(np.ceil(2.2 * r)) + 2
     colour = _rgb(hue + rng.normal(0, 0.02), rng.uniform(0.6, 1.0), rng.uniform(0.65, 1.0))
-    rgb, mask = Image.new("RGB", (size, size)), Image.new("L", (size, size))
+    rgb, mask = Image.new("RGB", (side, side)), Image.new("L", (side, side))
     rot = rng.random() * 2 * np.pi
-    _draw_shape(ImageDraw.Draw(rgb), SHAPES[shape], size / 2, size / 2, r, rot, colour)
-    _draw_shape(ImageDraw.Draw(mask), SHAPES[shape], size / 2, size / 2, r, rot, 255)
+    _draw_shape(ImageDraw.Draw(rgb), SHAPES[shape], side / 2, side / 2, r, rot, colour)
+    _draw_shape(ImageDraw.Draw(mask), SHAPES[shape], side / 2, side / 2, r, rot, 255)
     m = np.asarray(mask) > 127
     ys, xs = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
-    out = np.asarray(rgb, np.float32) * rng.uniform(0.8, 1.15) + rng.normal(0, 4.0, (size, size, 1))
+    out = np.asarray(rgb, np.float32) * rng.uniform(0.8, 1.15) + rng.normal(0, 4.0, (side, side, 1))
     crop = (slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1))
     return np.clip(out, 0, 255).astype(np.uint8)[crop], m[crop]
 
 
-def backdrop(seed: int, index: int, width: int, height: int) -> np.ndarray:
+def backdrop(seed: int, index: int, width: int, height: int, background_saturation: float = 0.15) -> np.ndarray:
     """An object-free scene: `render`'s background (a colour gradient and a grating, here at a random
     orientation and frequency, so it belongs to no class), lighting and noise. (height, width, 3) uint8."""
     rng = np.random.default_rng([seed, BACKDROP_STREAM, index])
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     scale = 96.0 / max(width, height)
-    c0 = np.array(_rgb(rng.random(), rng.uniform(0.1, 0.5), rng.uniform(0.3, 0.8)), np.float32)
-    c1 = np.array(_rgb(rng.random(), rng.uniform(0.1, 0.5), rng.uniform(0.3, 0.8)), np.float32)
+    c0 = np.array(_rgb(rng.random(), rng.uniform(0.0, background_saturation), rng.uniform(0.3, 0.8)), np.float32)
+    c1 = np.array(_rgb(rng.random(), rng.uniform(0.0, background_saturation), rng.uniform(0.3, 0.8)), np.float32)
     g = rng.random() * 2 * np.pi
     t = (np.cos(g) * xx / width + np.sin(g) * yy / height + 1) / 2
     img = c0 + (c1 - c0) * t[..., None]

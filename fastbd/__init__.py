@@ -7,6 +7,14 @@ reference code UMBCvision/SSL-Backdoor). Import the pieces from a notebook:
     manifest = build(load_spec("configs/poison/demo.yaml"), "out/demo")
 """
 
-from beton_builders.host import fastbd_version
+import os
+
+# Idle OpenMP threads sleep instead of spinning, unless the user chose otherwise. libgomp (torch's CPU
+# threads) reads this once, when torch is first imported, so it must be set before that. On a busy 2-core
+# machine a 2-thread ResNet step spun away 5x its useful CPU time and ran 8x slower with the default policy
+# (measured 2026-11-26, README "CPU training"); with PASSIVE it slows down in proportion to the load.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from beton_builders.host import fastbd_version  # noqa: E402
 
 __version__ = fastbd_version()

@@ -42,7 +42,19 @@ def _version(value: bool) -> None:
 @app.callback()
 def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="print the installed version and exit")) -> None:
-    pass
+    import warnings
+
+    warnings.formatwarning = _warning_line
+
+
+_default_formatwarning = __import__("warnings").formatwarning
+
+
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """fastbd's own warnings (e.g. an unsealed /1 manifest) as one line, `warning: ...`, like its errors."""
+    if category.__module__.split(".")[0] in ("beton_builders", "fastbd"):
+        return f"warning: {message}\n"
+    return _default_formatwarning(message, category, filename, lineno, line)
 
 
 @contextmanager
@@ -97,12 +109,16 @@ def inspect(
     folder: Path = typer.Argument(..., help="a build-beton output folder"),
     preview: bool = typer.Option(True, help="also write FOLDER/preview.png with the trigger boxes drawn"),
 ) -> None:
-    """Summarise a compiled dataset, check every file's sha256, and draw a preview."""
+    """Summarise a compiled dataset, check every file's sha256, and draw a preview (exit 2 on a mismatch)."""
+    from beton_builders.summary import checked_summary
     from beton_builders.summary import preview as draw
-    from beton_builders.summary import summary
+    from fastbd.config import UserError
 
     with _user_errors():
-        typer.echo(summary(folder))
+        text, bad = checked_summary(folder)
+        typer.echo(text)
+        if bad:
+            raise UserError(f"{folder}: {len(bad)} files differ from manifest.json (sha256): {bad}; rebuild the dataset")
         if preview:
             typer.echo(f"  preview     {draw(folder)}")
 
@@ -173,12 +189,11 @@ def distill_cmd(
     overrides: Optional[List[str]] = typer.Argument(None, help="data=DIR clean_fraction=0.25 out=RUN, key=value"),
 ) -> None:
     """Distil a teacher into a fresh student on a small clean subset (the paper's defense)."""
-    from fastbd.distill import distill_config, teacher_arch
+    from fastbd.distill import distill_config, teacher_model
     from fastbd.train import train
 
     with _user_errors():
-        arch, small_input = teacher_arch(teacher)
-        out = train(distill_config(teacher, arch, small_input, config, overrides or []))
+        out = train(distill_config(teacher, teacher_model(teacher), config, overrides or []))
     typer.echo(f"student run folder: {out}  (evaluate it with `fastbd eval --run {out} data=...`)")
 
 
@@ -201,22 +216,30 @@ def eval_cmd(
 
 
 @app.command("compare")
-def compare(runs: List[Path] = typer.Argument(..., help="run folders that have been through `fastbd eval`")) -> None:
+def compare(runs: List[Path] = typer.Argument(..., help="evaluated run folders (RUN/eval/report.json), or the "
+                                             "folders `fastbd eval ... out=DIR` wrote, or report.json files")) -> None:
     """Print the clean-vs-poisoned table (accuracy, target FP, ASR, NFP, kNN) of evaluated runs."""
     import json
 
+    from fastbd.metrics import report_row
     from fastbd.report import report_markdown
 
     rows = []
     with _user_errors():
         for r in runs:
-            p = r / "eval" / "report.json"
-            if not p.is_file():
-                raise FileNotFoundError(f"{p}: run `fastbd eval --run {r} data=...` first")
-            rep = json.loads(p.read_text())
-            knn = next((v for k, v in rep.items() if k.startswith("knn_") and k.endswith("_top1")), None)
-            rows.append({"model": r.name, **rep[rep["protocol"]], "knn_top1": knn})
+            p = _eval_report(r)
+            name = r.name if p == r / "eval" / "report.json" else str(r)
+            rows.append({"model": name, **report_row(json.loads(p.read_text()))})
     typer.echo(report_markdown(rows))
+
+
+def _eval_report(path: Path) -> Path:
+    """report.json of an evaluation: the file itself, an eval folder (out=), or a run folder's eval/."""
+    for p in (path, path / "report.json", path / "eval" / "report.json"):
+        if p.is_file():
+            return p
+    raise FileNotFoundError(f"{path}: no report.json (nor eval/report.json); run `fastbd eval --run {path} "
+                            "data=...` first, or pass the folder its out= named")
 
 
 @app.command("sweep")

@@ -30,12 +30,12 @@ from torchvision import transforms as T
 
 from beton_builders.files import atomic_write_bytes, save_npy, write_json
 from beton_builders.host import cap_workers
-from beton_builders.manifest import attack, clean_pool, load_manifest
+from beton_builders.manifest import attack, clean_pool, load_manifest, split_files, verify_files
 from fastbd.data.base import IMAGENET_MEAN, IMAGENET_STD
 from fastbd.data.samples import TarSamples
 from fastbd.device import amp_mode, autocast, pick_device
 from fastbd.models import ModelConfig
-from fastbd.runs import load_encoder
+from fastbd.runs import check_run_data, load_encoder
 
 
 @dataclass
@@ -65,6 +65,9 @@ class EvalConfig:
     knn_k: list[int] = field(default_factory=lambda: [1, 50])  # neighbours per kNN accuracy (cosine, majority vote)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     model: ModelConfig = field(default_factory=ModelConfig)  # for --checkpoint files without metadata
+    verify_files: bool = True  # check the sha256 of the build's files this eval reads against its manifest first
+    allow_other_data: bool = False  # evaluate a run on a build other than the data it was trained on (recorded in report.json)
+    class_names: Optional[str] = None  # "<class>\t<name>" lines (the reference's imagenet_metadata.txt): names for conf_matrix.csv
 
 
 # ----- data ----------------------------------------------------------------------------------------------
@@ -98,6 +101,9 @@ def _ffcv_batches(folder: Path, split: str, indices: Optional[np.ndarray], cfg: 
     from ffcv.reader import Reader
     from ffcv.transforms import Squeeze, ToTensor, ToTorchImage
 
+    from fastbd.data.ffcv_loader import quiet_numba_finalizers
+
+    quiet_numba_finalizers()  # one loader per split: the previous one's numba finaliser would print noise
     path = str(folder / f"{split}.beton")
     pipes = {f: None for f in Reader(path).field_names}
     pipes["image"] = [CenterCropRGBImageDecoder((cfg.res, cfg.res), cfg.res / resize), ToTensor(), ToTorchImage()]
@@ -215,6 +221,19 @@ def train_probe_augmented(net, folder: Path, subset: np.ndarray, stats: tuple[to
     return lin.eval()
 
 
+def knn_metrics(bank: torch.Tensor, bank_y: torch.Tensor, val: tuple[torch.Tensor, torch.Tensor],
+                patched: tuple[torch.Tensor, torch.Tensor], k: int, num_classes: int, target: Optional[int]) -> dict:
+    """The paper's metrics for a kNN classifier (moco/eval_knn.py in the reference measures the backdoor this
+    way too): clean and patched top-1, target FP on the triggered non-target images and on the clean ones,
+    ASR, NFP. It needs no probe, so it is cheap enough to run during training (fastbd/monitor.py)."""
+    from fastbd import metrics as M
+
+    (xva, yva), (xvp, yvp) = val, patched
+    cm_clean = M.confusion_matrix(yva.numpy(), knn_predict(bank, bank_y, xva, k, num_classes).numpy(), num_classes)
+    cm_patched = M.confusion_matrix(yvp.numpy(), knn_predict(bank, bank_y, xvp, k, num_classes).numpy(), num_classes)
+    return M.attack_metrics(cm_clean, cm_patched, target)
+
+
 @torch.no_grad()
 def knn_predict(bank: torch.Tensor, bank_y: torch.Tensor, q: torch.Tensor, k: int, num_classes: int) -> torch.Tensor:
     """Majority vote of the k most cosine-similar bank features (ties: lowest class index)."""
@@ -224,12 +243,43 @@ def knn_predict(bank: torch.Tensor, bank_y: torch.Tensor, q: torch.Tensor, k: in
     return votes.argmax(1)
 
 
+# ----- what an evaluation may read ----------------------------------------------------------------------------
+
+def check_inputs(cfg: EvalConfig, folder: Path, manifest: dict, run: Optional[Path]) -> dict:
+    """Before any feature is computed: the files this eval reads match the manifest's sha256 (unless
+    verify_files=false), and a run meets only the data it was trained on (unless allow_other_data=true).
+    Returns report.json's `data_check`: how the run's data and this build relate (runs.check_run_data)."""
+    if cfg.verify_files:
+        # labels always come from the train tar shards (and the augmented probe's images); the features
+        # from the tar shards (torch backend) or the .beton files (ffcv)
+        splits = ("train", "val", "val_poisoned")
+        reads = split_files(manifest, ("train",), ("tar",)) | split_files(
+            manifest, splits, ("beton",) if cfg.backend == "ffcv" else ("tar",))
+        bad = verify_files(folder, manifest, only=reads)
+        if bad:
+            raise ValueError(f"{folder}: {', '.join(bad)} differ{'s' if len(bad) == 1 else ''} from manifest.json "
+                             "(sha256); rebuild, or set verify_files=false to evaluate anyway")
+    if run is None:
+        return {"match": "not checked (--checkpoint: no run record)", "allowed_other_data": False}
+    return check_run_data(run, folder, "eval", "allow_other_data", cfg.allow_other_data)
+
+
+def conf_matrix_cells(enc_meta: dict, folder: Path, cfg: EvalConfig) -> dict:
+    """The `Model` and `Data` cells of conf_matrix.csv as the reference fills them: the encoder file's last
+    three folders and name (eval_linear.py: args.weights), and the triggered validation set read."""
+    enc = Path(enc_meta.get("encoder", "encoder"))
+    data = folder.resolve() / ("val_poisoned.beton" if cfg.backend == "ffcv" else "dali/val_poisoned-*.tar")
+    folders = [d for d in enc.resolve().parent.parts if d != enc.anchor][-3:]
+    return {"model": "/".join([*folders, enc.name]), "data": str(data)}
+
+
 # ----- the whole evaluation ---------------------------------------------------------------------------------
 
 def evaluate(cfg: EvalConfig, run: Optional[Path] = None, checkpoint: Optional[Path] = None, log=print) -> dict:
     """Evaluate one encoder on one build; writes the eval folder and returns report.json's content."""
     from fastbd import metrics as M
-    from fastbd.report import heatmap_png, report_markdown
+    from fastbd.plots import heatmap_png
+    from fastbd.report import report_markdown
 
     if (run is None) == (checkpoint is None):
         raise ValueError("give exactly one of --run RUN_DIR or --checkpoint FILE")
@@ -239,11 +289,13 @@ def evaluate(cfg: EvalConfig, run: Optional[Path] = None, checkpoint: Optional[P
         log(f"[eval] {what} ({time.perf_counter() - t0:.0f} s)")
     folder = Path(cfg.data)
     manifest = load_manifest(folder)
+    data_check = check_inputs(cfg, folder, manifest, run)
     out = Path(cfg.out) if cfg.out else (run / "eval" if run else Path(checkpoint).with_suffix("").parent / "eval")
     device = pick_device(cfg.device)
     net, enc_meta = load_encoder(run, checkpoint, cfg.model)
     net = net.to(device).to(memory_format=torch.channels_last)
     classes = manifest["source"]["classes"]
+    names = M.read_class_names(cfg.class_names, classes) if cfg.class_names else classes  # fail before the work
     target = manifest["target"]["index"] if manifest["target"] else None
     train_labels = TarSamples(folder, "train").label
     subset = labelled_subset(manifest, train_labels, cfg.probe.label_fraction, cfg.seed)
@@ -271,18 +323,20 @@ def evaluate(cfg: EvalConfig, run: Optional[Path] = None, checkpoint: Optional[P
               "manifest_fingerprint": manifest["source"]["fingerprint"], "label_fraction": lf,
               "labelled_indices": len(subset),
               proto: M.attack_metrics(cm_clean, cm_patched, target)}
+    report["data_check"] = data_check
     if cfg.knn_k:
         phase(f"kNN, k = {', '.join(map(str, cfg.knn_k))}")
     for k in cfg.knn_k:
-        pred = knn_predict(xtr, ytr, xva, k, len(classes))
-        report[f"knn_k{k}_lf{lf:g}_top1"] = float((pred == yva).float().mean())
+        m = knn_metrics(xtr, ytr, (xva, yva), (xvp, yvp), k, len(classes), target)
+        report[f"knn_k{k}_lf{lf:g}"] = m  # the backdoor seen by kNN: FP, ASR, patched top-1
+        report[f"knn_k{k}_lf{lf:g}_top1"] = m["clean_top1"]
     out.mkdir(parents=True, exist_ok=True)
     save_npy(out / "labelled_indices.npy", subset)  # the exact probe labels, for provenance
     M.save_matrices(out, cm_clean, cm_patched)
-    M.write_conf_matrix_csv(out / "conf_matrix.csv", cm_clean, cm_patched, classes)
+    M.write_conf_matrix_csv(out / "conf_matrix.csv", cm_clean, cm_patched, names,
+                            **conf_matrix_cells(enc_meta, folder, cfg))
     heatmap_png(out / "conf_matrix_poisoned.png", cm_patched, classes, "patched validation", target)
-    row = {"model": enc_meta.get("method", "encoder"), **report[proto],
-           "knn_top1": report.get(f"knn_k{cfg.knn_k[0]}_lf{lf:g}_top1") if cfg.knn_k else None}
+    row = {"model": enc_meta.get("method", "encoder"), **M.report_row(report)}
     head = f"Attack: {report['attack']['summary']}. Triggered validation: {report['attack']['evaluation']}.\n\n"
     atomic_write_bytes(out / "report.md", (head + report_markdown([row]) + "\n").encode())
     write_json(out / "report.json", report)

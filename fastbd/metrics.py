@@ -30,11 +30,14 @@ attack_metrics
 Files
 -----
 write_conf_matrix_csv
-    ``conf_matrix.csv`` with the reference's layout: three header lines (model, data, top-1 for
-    clean and patched val), then ``class name,class id,TP,FP,,TP,FP`` and one row per class.
+    ``conf_matrix.csv`` exactly as the reference writes it: three header lines (model, data, top-1 for
+    clean and patched val), then ``class name,class id,TP,FP,,TP,FP`` and one row per class, with the
+    counts as floats (the reference's matrix is ``np.zeros``, so it writes ``12.0``).
+read_class_names
+    Human-readable names from a ``<wnid>\t<name>`` file, the reference's ``imagenet_metadata.txt``.
 save_matrices
     ``conf_matrix_clean.npy`` and ``conf_matrix_poisoned.npy`` (reference names).
-The heatmap of a matrix and the markdown table of several models are drawn in fastbd/report.py, the one
+The heatmap of a matrix and the markdown table of several models are drawn in fastbd/plots.py and fastbd/report.py, the one
 home of tables and plots.
 
 Every file is written to a temporary name in the same folder and renamed, so a crash never
@@ -44,8 +47,9 @@ leaves a torn file.
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -57,6 +61,7 @@ __all__ = [
     "top1",
     "attack_metrics",
     "write_conf_matrix_csv",
+    "read_class_names",
     "save_matrices",
 ]
 
@@ -180,8 +185,9 @@ def write_conf_matrix_csv(path, cm_clean, cm_patched, class_names: Sequence[str]
         class name,class id,TP,FP,,TP,FP
         <name>,<id>,<clean TP>,<clean FP>,,<patched TP>,<patched FP>     (one row per class)
 
-    Top-1 is a percentage with two decimals, as in the reference. Commas inside names become
-    semicolons (as in the reference). ``class_names`` defaults to the class ids.
+    Top-1 is a percentage with two decimals and the counts are floats (``9.0``), as the reference writes
+    its float matrix. Commas inside names become semicolons (as in the reference). ``class_names``
+    defaults to the class ids.
     """
     cm_clean = check_cm(cm_clean, "cm_clean")
     cm_patched = check_cm(cm_patched, "cm_patched")
@@ -201,9 +207,37 @@ def write_conf_matrix_csv(path, cm_clean, cm_patched, class_names: Sequence[str]
         "class name,class id,TP,FP,,TP,FP",
     ]
     for c in range(num_classes):
-        lines.append(f"{_csv_text(class_names[c])},{c},{as_count(tp_c[c])},{as_count(fp_c[c])},,"
-                     f"{as_count(tp_p[c])},{as_count(fp_p[c])}")
+        lines.append(f"{_csv_text(class_names[c])},{c},{_ref_count(tp_c[c])},{_ref_count(fp_c[c])},,"
+                     f"{_ref_count(tp_p[c])},{_ref_count(fp_p[c])}")
     return atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
+
+
+def _ref_count(x) -> str:
+    """A count as the reference prints an element of its float64 matrix: `9.0`."""
+    return str(float(x))
+
+
+def read_class_names(path, classes: Sequence[str]) -> list[str]:
+    """The human-readable name of each class from a file of ``<class>\t<name>`` lines (the reference's
+    ``imagenet_metadata.txt``: ``n01440764<TAB>tench, Tinca tinca``), in the order of ``classes``. A
+    malformed line or a class the file does not name is a ValueError naming the file."""
+    names: dict[str, str] = {}
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise FileNotFoundError(f"class_names: cannot read {path}: {e.strerror}") from None
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        key, tab, name = line.rstrip("\r").partition("\t")
+        if not tab:
+            raise ValueError(f"class_names: {path}, line {n}: expected `<class><TAB><name>`, got {line[:60]!r}")
+        names[key.strip()] = name.strip()
+    missing = [c for c in classes if c not in names]
+    if missing:
+        raise ValueError(f"class_names: {path} does not name {len(missing)} of the build's {len(classes)} "
+                         f"classes, e.g. {missing[:3]}")
+    return [names[c] for c in classes]
 
 
 def read_conf_matrix_csv(path) -> list[list[str]]:
@@ -217,3 +251,45 @@ def save_matrices(folder, cm_clean, cm_patched) -> tuple[Path, Path]:
     folder = Path(folder)
     return (save_npy(folder / "conf_matrix_clean.npy", cm_clean),
             save_npy(folder / "conf_matrix_poisoned.npy", cm_patched))
+
+
+def knn_columns(report: dict) -> dict:
+    """The kNN part of a results row (report.md, `fastbd compare`, the sweep's CSV) from a report.json: the
+    first k's metrics (`knn_k{k}_lf{f}` entries; reports from before they existed give the top-1 only)."""
+    m = next((v for k, v in report.items() if k.startswith("knn_k") and isinstance(v, dict)), {})
+    top1 = m.get("clean_top1", next((v for k, v in report.items() if k.startswith("knn_") and k.endswith("_top1")), None))
+    return {"knn_top1": top1, "knn_target_fp": m.get("target_fp"), "knn_target_fp_clean": m.get("target_fp_clean"),
+            "knn_asr": m.get("asr")}
+
+
+def report_row(report: dict) -> dict:
+    """One results row from a report.json: the probe's metrics (its protocol's entry) and the kNN's."""
+    return {**report[report["protocol"]], **knn_columns(report)}
+
+
+# --- result rows: numbers and labels shared by the tables (report.py) and the figures (plots.py) ---
+
+def _num(v: Any) -> float | None:
+    """A metric value as float, or None when missing; NaN counts as missing so one bad run does not turn
+    a whole group's mean into NaN."""
+    if v is None:
+        return None
+    x = float(v)
+    return None if math.isnan(x) else x
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample std (ddof=1: with 2-5 seeds the population std understates the spread)."""
+    if not values:
+        return None, None
+    arr = np.asarray(values, dtype=float)
+    return float(arr.mean()), (float(arr.std(ddof=1)) if len(arr) >= 2 else None)
+
+
+def defense_label(defense: str | None, clean_fraction: float | None) -> str:
+    """"distill 25%" for a distilled student with a known clean fraction, the defense name otherwise."""
+    if defense in (None, "none"):
+        return "none"
+    if clean_fraction is None:
+        return str(defense)
+    return f"{defense} {clean_fraction * 100:g}%"

@@ -2,12 +2,15 @@
 
     RUN/config.yaml          the fully resolved config
     RUN/meta.json            `environment()`: git SHA (and whether the tree was dirty), versions, host,
-                             GPUs; world size, the data folder's manifest sha256 and source fingerprint
+                             GPUs; world size; `data`: the build's path, manifest sha256, source fingerprint
+                             and clean-part sha256, and whether the run read clean images only
+                             (`trained_on`; a distilled student inherits its teacher's record)
     RUN/metrics.jsonl        append-only, one JSON object per log line (rank 0 only)
     RUN/tb/                  the same numbers as TensorBoard events, with tensorboard=true
     RUN/ckpt/last.pt         plain-dict checkpoint, loadable with torch.load(weights_only=True)
     RUN/encoder.safetensors  the trained backbone; RUN/encoder.json its metadata
-Loading an encoder (`load_encoder`, also foreign MoCo/BYOL/torchvision checkpoints) sits beside saving one.
+Loading an encoder (`load_encoder`, also foreign MoCo/BYOL/torchvision checkpoints) sits beside saving one,
+and `check_run_data` decides whether a run may meet a build (eval, distill, resume: manifest.same_data).
 Every file is written to a temporary name and renamed (beton_builders/files.py), so a crash never leaves a
 torn file.
 """
@@ -20,12 +23,14 @@ import subprocess
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 
 from beton_builders import manifest as mf
 from beton_builders.files import atomic_write, atomic_write_bytes, write_json
 from fastbd import __version__
-from fastbd.models import ModelConfig, make_backbone
+from fastbd.config import UserError
+from fastbd.models import ModelConfig, make_backbone, model_from_meta
 
 
 def atomic_torch_save(obj, path: Path) -> None:
@@ -60,28 +65,88 @@ def environment() -> dict:
             **{p: version(p) for p in ("torchvision", "numpy", "ffcv", "nvidia-dali-cuda130", "submitit")}}
 
 
-def run_meta(data_folder: str, world: int) -> dict:
+def run_meta(data_folder: str, world: int, indices=None, teacher: str | None = None) -> dict:
+    return {**environment(), "world_size": world, "data": data_record(data_folder, indices, teacher)}
+
+
+def data_record(data_folder: str | Path, indices=None, teacher: str | Path | None = None) -> dict:
+    """What a run trains on, for meta.json: the build (path, manifest sha256, source fingerprint, clean-part
+    sha256) and `trained_on`: "clean" when `indices` (the training set) holds no poisoned copy and a
+    `teacher` run, if any, was itself trained on clean images only; "poisoned" otherwise."""
     folder = Path(data_folder)
     m = mf.load_manifest(folder) if mf.built(folder) else None
-    return {
-        **environment(),
-        "world_size": world,
-        "data": {"path": str(folder.resolve()),
-                 "manifest_sha256": mf.sha256_file(folder / "manifest.json") if m else None,
-                 "source_fingerprint": m["source"]["fingerprint"] if m else None},
-    }
+    rec = {"path": str(folder.resolve()),
+           "manifest_sha256": mf.sha256_file(folder / "manifest.json") if m else None,
+           "source_fingerprint": m["source"]["fingerprint"] if m else None,
+           "clean_sha256": m.get("clean_sha256") if m else None}
+    clean = m is not None and indices is not None and (
+        len(indices) == 0 or int(np.max(indices)) < m["counts"]["train_clean"])
+    if teacher:
+        rec["teacher"] = read_data_record(Path(teacher))
+        clean = clean and (rec["teacher"] or {}).get("trained_on") == "clean"
+    rec["trained_on"] = "clean" if clean else "poisoned"
+    return rec
+
+
+def read_data_record(run: Path) -> dict | None:
+    p = Path(run) / "meta.json"
+    return json.loads(p.read_text()).get("data") if p.is_file() else None
+
+
+class DataMismatch(UserError, ValueError):
+    """A run meets a build other than the one it was trained on, and the user did not allow it."""
+
+
+def check_run_data(run: Path, data_folder: str | Path, what: str, option: str, allow_other: bool = False) -> dict:
+    """Compare the data `run` was trained on (its meta.json) with the build `data_folder`
+    (manifest.same_data). Unless `allow_other`, anything but the same build or the same clean data is
+    refused, naming both manifests and `option`. Returns the record a report keeps."""
+    folder = Path(data_folder)
+    manifest = mf.load_manifest(folder)
+    sha = mf.sha256_file(folder / "manifest.json")
+    record = read_data_record(run)
+    match = mf.same_data(record, manifest, sha)
+    other = match in ("different", "unknown")
+    if other and not allow_other:
+        if record is None or match == "unknown":
+            why = f"{run}/meta.json records no training data, so it cannot be matched with {folder}"
+        else:
+            why = (f"{run} was trained on {record['path']} (manifest sha256 {str(record['manifest_sha256'])[:12]}, "
+                   f"{record.get('trained_on', 'poisoned')} images), not on {folder} (manifest sha256 {sha[:12]}"
+                   + (", and their clean images differ" if record.get("trained_on") == "clean" else "") + ")")
+        raise DataMismatch(f"{what}: {why}; pass {option}=true to go ahead anyway (it is recorded)")
+    return {"match": match, "allowed_other_data": other, "build": str(folder.resolve()),
+            "build_manifest_sha256": sha, "build_clean_sha256": manifest.get("clean_sha256"), "run_data": record}
 
 
 class MetricsLog:
-    """Append-only JSON lines; a resumed run keeps appending to the same file.
+    """Append-only JSON lines; a resumed run keeps appending to the same file, after `mark_resume` has dropped
+    the lines its checkpoint does not cover, so each step is in the file once.
 
     With `tensorboard`, every number of a row also goes to RUN/tb as the scalar `<kind>/<name>` at its step
     (torch's SummaryWriter, imported only then, needs the `tensorboard` package: the [tensorboard] extra).
     Without the package the run goes on with metrics.jsonl alone, and says so once."""
 
     def __init__(self, path: Path, enabled: bool = True, tensorboard: bool = False, log=print):
-        self.path, self.enabled = path, enabled
+        self.path, self.enabled, self._log = path, enabled, log
         self.tb = _summary_writer(path.parent / "tb", log) if enabled and tensorboard else None
+
+    def mark_resume(self, epoch: int, step: int, **extra) -> int:
+        """A run resumes from its checkpoint at (`epoch`, `step`): drop every line after that step (logged
+        before the run was stopped, and about to be logged again) and any torn last line, then write a
+        `kind: "resume"` line. TensorBoard hides its events after `step` too (purge_step). Returns how many
+        lines were dropped."""
+        if not self.enabled:
+            return 0
+        lines = self.path.read_text().splitlines() if self.path.is_file() else []
+        keep = [ln for ln in lines if _covered(ln, step)]
+        atomic_write_bytes(self.path, "".join(ln + "\n" for ln in keep).encode())
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = _summary_writer(self.path.parent / "tb", self._log, purge_step=step + 1)
+        dropped = sum(1 for ln in lines if ln.strip()) - len(keep)
+        self.write(kind="resume", epoch=epoch, step=step, dropped_lines=dropped, **extra)
+        return dropped
 
     def write(self, **row) -> None:
         if not self.enabled:
@@ -102,14 +167,25 @@ class MetricsLog:
             self.tb = None
 
 
-def _summary_writer(folder: Path, log):
+def _covered(line: str, step: int) -> bool:
+    """Whether a metrics.jsonl line belongs to the history up to `step` (a line without a step stays)."""
+    if not line.strip():
+        return False
+    try:
+        row = json.loads(line)
+    except ValueError:  # torn by a kill mid-write
+        return False
+    return not isinstance(row, dict) or not isinstance(row.get("step"), int) or row["step"] <= step
+
+
+def _summary_writer(folder: Path, log, purge_step: int | None = None):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         log("tensorboard=true: the tensorboard package is not installed (pip install tensorboard, or "
             "pip install -e '.[tensorboard]'); writing metrics.jsonl only")
         return None
-    return SummaryWriter(log_dir=str(folder))
+    return SummaryWriter(log_dir=str(folder), **({} if purge_step is None else {"purge_step": purge_step}))
 
 
 def read_metrics(run: str | Path) -> list[dict]:
@@ -117,9 +193,28 @@ def read_metrics(run: str | Path) -> list[dict]:
     return [json.loads(x) for x in p.read_text().splitlines() if x.strip()] if p.is_file() else []
 
 
+class CheckpointError(UserError, ValueError):
+    """A checkpoint or encoder file that is not plain weights, or not readable as one; the message names it."""
+
+
 def load_checkpoint(path: str | Path) -> dict:
-    """Safe load: tensors and plain containers only; nothing in the file is executed."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Safe load: tensors and plain containers only; nothing in the file is executed. A file holding other
+    Python objects (a pickled class, an argparse.Namespace) or a damaged one is a CheckpointError."""
+    import pickle
+    import re
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's own text suggests loading with the safety off; that is never fastbd's advice
+        names = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(e))))
+        what = f" (it holds {', '.join(names)})" if names else ""
+        raise CheckpointError(f"{path}: not a plain-weights checkpoint{what}; fastbd loads only tensors and plain "
+                              "containers and never runs code from a file: save just its state_dict (or a "
+                              ".safetensors file) from a copy you trust") from None
+    except (EOFError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else "empty file"
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({first})") from None
 
 
 def export_encoder(run: Path, encoder: torch.nn.Module, meta: dict) -> Path:
@@ -132,9 +227,13 @@ def export_encoder(run: Path, encoder: torch.nn.Module, meta: dict) -> Path:
 
 
 def load_encoder_state(path: str | Path) -> dict:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except SafetensorError as e:
+        raise CheckpointError(f"{path}: not a safetensors file ({e})") from None
 
 
 # Wrappers other code bases put before a ResNet backbone's keys (DDP, MoCo, BYOL, torchvision).
@@ -165,7 +264,7 @@ def load_encoder(run: Optional[Path], checkpoint: Optional[Path], model: ModelCo
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no exported encoder; did `fastbd train` finish?")
         meta = json.loads((run / "encoder.json").read_text())
-        model = ModelConfig(arch=meta["arch"], small_input=meta.get("small_input", False))
+        model = model_from_meta(meta)
         state = load_encoder_state(path)
     else:
         path = checkpoint

@@ -32,9 +32,10 @@ from fastbd.data import DataConfig, make_loader
 from fastbd.device import amp_mode, autocast, pick_device
 from fastbd.dist import all_reduce_mean, init_distributed
 from fastbd.methods import MethodConfig, make_method
-from fastbd.models import ModelConfig, make_backbone
+from fastbd.models import ModelConfig, make_backbone, model_meta
+from fastbd.monitor import BackdoorMonitor, MonitorConfig
 from fastbd.optim import OptimConfig, lr_at, make_optimizer
-from fastbd.runs import MetricsLog, atomic_torch_save, export_encoder, load_checkpoint, run_meta
+from fastbd.runs import MetricsLog, atomic_torch_save, check_run_data, export_encoder, load_checkpoint, run_meta
 
 
 @dataclass
@@ -55,6 +56,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)  # a kNN backdoor check every few epochs
 
 
 class TrainingDiverged(UserError, RuntimeError):
@@ -121,6 +123,13 @@ class Trainer:
         self._prepare_folder(resume)
         self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.info.main, tensorboard=cfg.tensorboard,
                                   log=self.log)  # after the folder check: the TensorBoard writer makes RUN/tb
+        if resume:  # each step once in metrics.jsonl: what the checkpoint does not cover goes, a resume line marks it
+            self.metrics.mark_resume(self.epoch, self.step, data_match=self._resume_data["match"])
+        if self.info.main and not resume:
+            for w in self.method.schedule_warnings(self.total_steps):
+                self.log(f"warning: {w}")
+        self.monitor = (BackdoorMonitor(cfg.monitor, cfg.data.path, cfg.data.res, self.device, cfg.seed)
+                        if cfg.monitor.every and self.info.main else None)
 
     def _views(self) -> list[str]:
         from fastbd.methods import METHODS
@@ -133,6 +142,9 @@ class Trainer:
         if resume:
             if not ckpt.is_file():
                 raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
+            # the build under data.path must still hold the data this run started on (manifest.same_data)
+            self._resume_data = check_run_data(self.out, self.cfg.data.path, "--resume", "data.allow_other_data",
+                                               self.cfg.data.allow_other_data)
             self._load(ckpt)
             self.log(f"resumed {self.out} at epoch {self.epoch} (step {self.step})")
             return
@@ -143,10 +155,16 @@ class Trainer:
         if nonempty:
             raise FileExistsError(f"run folder {self.out} is not empty; use --resume to continue it, "
                                   "or choose another out=")
+        teacher = self.method.teacher_run()
+        if teacher:  # distillation: the teacher must have been trained on this build's data (or be allowed not to)
+            teacher_data = check_run_data(Path(teacher), self.cfg.data.path, "distill", "data.allow_other_data",
+                                          self.cfg.data.allow_other_data)
         if self.info.main:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(self.out / "config.yaml", to_yaml(self.cfg).encode())
-            meta = run_meta(self.cfg.data.path, self.info.world)
+            meta = run_meta(self.cfg.data.path, self.info.world, self.loader.sample_indices, teacher)
+            if teacher:
+                meta["data"]["teacher_match"] = teacher_data["match"]
             write_json(self.out / "meta.json", meta)
             if self.cfg.data.clean_fraction is not None:  # the distillation subset, for provenance
                 save_npy(self.out / "clean_subset.npy", self.loader.sample_indices)
@@ -217,11 +235,14 @@ class Trainer:
         cfg = self.cfg
         self.method.train()
         try:
+            if self.epoch == 0:
+                self._check_backdoor()  # the untrained encoder: where the curve starts
             while self.epoch < cfg.epochs and not self._done():
                 self._run_epoch()
                 self.epoch += 1
                 if self.epoch % cfg.ckpt_every == 0 or self.epoch == cfg.epochs or self._done():
                     self._save()
+                self._check_backdoor()
         finally:
             self.metrics.close()
         if self.info.main:
@@ -248,8 +269,20 @@ class Trainer:
         if self.info.main and not bar:
             self.log(f"epoch {self.epoch}: loss {loss:.4f}, {ips:.0f} img/s, {dt:.1f} s")
 
+    def _check_backdoor(self) -> None:
+        """The monitor's kNN check at epoch ends (rank 0; between epochs, so the step itself never waits)."""
+        last = self.cfg.epochs if not self._done() else self.epoch
+        if self.monitor is None or not self.monitor.due(self.epoch, last):
+            return
+        t0 = time.perf_counter()
+        m = self.monitor(self.method.encoder)
+        self.metrics.write(kind="backdoor", epoch=self.epoch, step=self.step, seconds=time.perf_counter() - t0, **m)
+        fp = ("" if m["knn_target_fp"] is None else f", target FP {m['knn_target_fp']} of "
+              f"{m['knn_nontarget_count']} triggered ({m['knn_target_fp_clean']} clean)")
+        self.log(f"epoch {self.epoch}: kNN top-1 {100 * m['knn_clean_top1']:.1f}%{fp}")
+
     def _export(self) -> None:
-        meta = {"arch": self.cfg.model.arch, "small_input": self.cfg.model.small_input,
+        meta = {**model_meta(self.cfg.model),
                 "feat_dim": self.method.feat_dim, "method": self.cfg.method.name, "epochs": self.epoch,
                 "steps": self.step, "data": json.loads((self.out / "meta.json").read_text())["data"]}
         export_encoder(self.out, self.method.encoder, meta)

@@ -110,12 +110,13 @@ def test_wall_1_the_compiler_imports_nothing_of_training():
 
 def test_wall_2_methods_and_losses_import_no_trainer_loader_or_evaluation():
     forbidden = ("fastbd.train", "fastbd.data", "fastbd.evaluate", "fastbd.metrics", "fastbd.report",
-                 "fastbd.sweep", "fastbd.cli")
+                 "fastbd.plots", "fastbd.monitor", "fastbd.sweep", "fastbd.cli")
     assert _breaks(("fastbd.methods", "fastbd.losses"), forbidden) == {}
 
 
 def test_wall_3_evaluation_and_the_defense_never_import_the_trainer():
-    sources = ("fastbd.evaluate", "fastbd.metrics", "fastbd.report", "fastbd.methods.compress")
+    sources = ("fastbd.evaluate", "fastbd.monitor", "fastbd.metrics", "fastbd.report", "fastbd.plots",
+               "fastbd.methods.compress")
     assert _breaks(sources, ("fastbd.train",)) == {}
 
 
@@ -146,3 +147,14 @@ def test_no_file_is_over_400_lines(folder):
     long = {str(f.relative_to(ROOT)): n for f in sorted((ROOT / folder).rglob("*.py"))
             if (n := len(f.read_text().splitlines())) > 400}
     assert long == {}
+
+
+def test_every_manifest_reader_goes_through_manifest_py():
+    """Design, "one home for each job": only beton_builders/manifest.py parses manifest.json, so its self hash
+    and consistency checks cover every reader (train, eval, distill, sweep, inspect, export, benchmarks)."""
+    home = ROOT / "beton_builders" / "manifest.py"
+    offenders = [f"{f.relative_to(ROOT)}:{n}" for folder in ("beton_builders", "fastbd", "benchmarks")
+                 for f in sorted((ROOT / folder).rglob("*.py")) if f != home
+                 for n, line in enumerate(f.read_text().splitlines(), 1)
+                 if "manifest.json" in line and "json.load" in line]
+    assert offenders == []

@@ -2,6 +2,8 @@
 CorruptEncoder (composed images). What they put in the pixels, what the manifest says, determinism, and
 bad input; the same checks the patch attack has in test_build.py and test_bad_input.py."""
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -286,3 +288,24 @@ def test_registry_and_spec_sections():
     r = CliRunner().invoke(app, ["config", "build", "trigger.kind=ctrl", "trigger.ctrl.window=16",
                                  "trigger.ctrl.positions=[[7,7]]", "storage.chroma=444"])
     assert r.exit_code == 0 and "window: 16  # px" in r.output and "kind: ctrl" in r.output
+
+
+def test_added_composites_pass_the_manifest_checks_and_edits_do_not(tmp_path):
+    from beton_builders.manifest import ManifestError, check_consistency, content_hash
+
+    build(tiny_spec(*CE), tmp_path / "ce", log=quiet)
+    m = load_manifest(tmp_path / "ce")  # sealed and consistent, with every clean_index null
+    assert m["schema"] == "fastbd.manifest/3" and all(p["clean_index"] is None for p in m["poisoned"])
+    edited = json.loads(json.dumps(m))
+    edited["rates"][1]["replaced_indices"] = [0]  # an added composite does not replace a clean image
+    with pytest.raises(ManifestError, match="count 6, but 6 poisoned and 1 replaced"):
+        check_consistency(edited, "manifest.json")
+    edited = json.loads(json.dumps(m))
+    edited["poisoned"][0]["clean_index"] = 3  # now it claims an original that no rate replaces
+    with pytest.raises(ManifestError, match="count 3, but 3 poisoned and 0 replaced"):
+        check_consistency(edited, "manifest.json")
+    older = json.loads(json.dumps(m))  # a sealed build of schema /2 (patch only) is read as it is
+    older["schema"] = "fastbd.manifest/2"
+    older["self_sha256"] = content_hash(older)
+    (tmp_path / "ce" / "manifest.json").write_text(json.dumps(older))
+    assert load_manifest(tmp_path / "ce")["schema"] == "fastbd.manifest/2"

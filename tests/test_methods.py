@@ -368,3 +368,13 @@ def test_a_new_method_is_one_file_and_one_registry_entry(tiny_build, tmp_path):
     [step] = [r for r in out["rows"] if r["kind"] == "step"]
     assert step["step"] == 1 and math.isfinite(step["loss"])
     assert "name: toy" in out["config"] and "toy:\n    scale: 2.0" in out["config"]
+
+
+def test_short_run_traps_are_named():
+    from fastbd.methods.blocks import ema_warning, ring_warning
+
+    assert ring_warning("method.moco.queue", 65536, 5000) == ["method.moco.queue=65536 is capped to the 5000 training images"]
+    assert ring_warning("method.moco.queue", 4096, 5000) == []
+    (w,) = ema_warning("method.moco.momentum", 0.999, 300)
+    assert "~1000 steps" in w and "300 steps" in w
+    assert ema_warning("method.moco.momentum", 0.99, 2000) == []  # 100 steps of 2,000

@@ -15,7 +15,8 @@ from fastbd.metrics import (
     tp_fp,
     write_conf_matrix_csv,
 )
-from fastbd.report import heatmap_png, report_markdown
+from fastbd.plots import heatmap_png
+from fastbd.report import report_markdown
 
 # Fixed 3-class example, target class 1. Rows = true label, columns = prediction.
 #
@@ -140,9 +141,10 @@ def test_csv_layout(tmp_path):
     assert rows[2] == ["", "", "86.67", "", "", "", "53.33", "", ""]
     assert rows[3] == ["class name", "class id", "TP", "FP", "", "TP", "FP"]
     assert len(rows) == 4 + 3
-    # the target row: commas in the name become semicolons, as in the reference
-    assert rows[5] == ["goldfish; Carassius auratus", "1", "9", "1", "", "10", "12"]
-    assert rows[4] == ["tench", "0", "8", "1", "", "2", "1"]
+    # the target row: commas in the name become semicolons, as in the reference; counts are the
+    # reference's float64 matrix elements as it prints them (issue 12: "counts as floats")
+    assert rows[5] == ["goldfish; Carassius auratus", "1", "9.0", "1.0", "", "10.0", "12.0"]
+    assert rows[4] == ["tench", "0", "8.0", "1.0", "", "2.0", "1.0"]
     # no temp files left behind
     assert os.listdir(tmp_path) == ["conf_matrix.csv"]
 
@@ -151,7 +153,41 @@ def test_csv_float_matrices_and_default_names(tmp_path):
     path = tmp_path / "c.csv"
     write_conf_matrix_csv(path, CLEAN.astype(float), PATCHED.astype(float), None)
     rows = list(csv.reader(open(path, newline="")))
-    assert rows[6] == ["2", "2", "9", "2", "", "4", "1"]  # counts printed as ints, not "9.0"
+    assert rows[6] == ["2", "2", "9.0", "2.0", "", "4.0", "1.0"]  # as the reference prints its float matrix
+
+
+def _reference_csv(cm_c, cm_p, names, model, data, acc1, acc1_p) -> str:
+    """What eval_linear.py's --conf_matrix branch writes, formatted the way it formats (its matrices are
+    np.zeros((100, 100)) filled with += 1, so every count is a numpy float64)."""
+    out = [f"Model {model},,Clean val,,,,Pois. val,,\n", f"Data {data},,acc1,,,,acc1,,\n",
+           ",,{:.2f},,,,{:.2f},,\n".format(acc1, acc1_p), "class name,class id,TP,FP,,TP,FP\n"]
+    for t in range(len(names)):
+        out.append("{},{},{},{},,".format(names[t].replace(",", ";"), t, cm_c[t][t], cm_c[:, t].sum() - cm_c[t][t]))
+        out.append("{},{}\n".format(cm_p[t][t], cm_p[:, t].sum() - cm_p[t][t]))
+    return "".join(out)
+
+
+def test_csv_is_the_references_text(tmp_path):
+    """Issue 12: conf_matrix.csv exactly as the reference writes it, from int or float matrices alike."""
+    expected = _reference_csv(CLEAN.astype(np.float64), PATCHED.astype(np.float64), NAMES, "a/b/c/enc.pth",
+                              "/data/val_poisoned.txt", 100 * 26 / 30, 100 * 16 / 30)
+    for cm_c, cm_p in ((CLEAN, PATCHED), (CLEAN.astype(float), PATCHED.astype(float))):
+        write_conf_matrix_csv(tmp_path / "c.csv", cm_c, cm_p, NAMES, model="a/b/c/enc.pth",
+                              data="/data/val_poisoned.txt")
+        assert (tmp_path / "c.csv").read_text() == expected
+
+
+def test_class_names_from_the_references_metadata_file(tmp_path):
+    from fastbd.metrics import read_class_names
+
+    meta = tmp_path / "imagenet_metadata.txt"
+    meta.write_text("n01440764\ttench, Tinca tinca\nn01443537\tgoldfish, Carassius auratus\n\nn00000001\tother\n")
+    assert read_class_names(meta, ["n01443537", "n01440764"]) == ["goldfish, Carassius auratus", "tench, Tinca tinca"]
+    with pytest.raises(ValueError, match=r"imagenet_metadata.txt does not name 1 of the build's 2 classes.*n0999"):
+        read_class_names(meta, ["n01443537", "n0999"])
+    meta.write_text("n01440764 tench\n")
+    with pytest.raises(ValueError, match=r"line 1: expected `<class><TAB><name>`"):
+        read_class_names(meta, ["n01440764"])
 
 
 def test_npy_roundtrip(tmp_path):
@@ -191,13 +227,16 @@ def test_heatmap_highlight_column_is_red(tmp_path):
 def test_report_markdown():
     m = attack_metrics(CLEAN, PATCHED, target=1)
     md = report_markdown([
-        {"model": "moco | poisoned", **m, "knn_top1": 0.5123},
+        {"model": "moco | poisoned", **m, "knn_top1": 0.5123, "knn_target_fp": 9, "knn_target_fp_clean": 2,
+         "knn_asr": 0.45},
         {"model": "clean"},
     ])
     lines = md.strip().splitlines()
     assert len(lines) == 4
     assert "clean top-1" in lines[0] and "ASR" in lines[0] and "kNN top-1" in lines[0]
-    assert "target FP (of N non-target)" in lines[0] and "NFP" in lines[0]
+    assert "target FP (of N non-target)" in lines[0] and "NFP" in lines[0] and "target FP clean" in lines[0]
+    assert "kNN target FP" in lines[0] and "kNN ASR" in lines[0]
     row = [c.strip() for c in lines[2].strip("|").split(" | ")]
-    assert row == ["moco \\| poisoned", "86.7", "53.3", "12 / 20", "60.0", "1.00", "51.2"]
-    assert lines[3] == "| clean | - | - | - | - | - | - |"
+    # the target FP on triggered images sits beside the same model's target FP on clean ones (1 here)
+    assert row == ["moco \\| poisoned", "86.7", "53.3", "12 / 20", "1", "60.0", "1.00", "51.2", "9 / 20", "2", "45.0"]
+    assert lines[3] == "| clean | - | - | - | - | - | - | - | - | - | - |"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fastbd.report import (CSV_COLUMNS, METRIC_KEYS, PARAM_KEYS, aggregate, plot_rates, summary_csv,
-                           summary_markdown, write_report)
+from fastbd.plots import plot_curves, plot_rates
+from fastbd.report import CSV_COLUMNS, METRIC_KEYS, PARAM_KEYS, aggregate, summary_csv, summary_markdown, write_report
 
 PIL = pytest.importorskip("PIL.Image")
 
@@ -105,7 +105,7 @@ def test_markdown():
     line = next(l for l in md.splitlines()
                 if l.startswith("| moco | htba10 | n02106550 | none | 1 | 0.01 |"))
     assert "| 50.5 ± 0.7 |" in line and "| 105.0 ± 7.1 |" in line and "| 10.5 ± 0.7 |" in line
-    assert line.rstrip().endswith("| 40.0 |")
+    assert line.rstrip().endswith("| 40.0 | - | - |")  # kNN top-1, then kNN target FP (none in these rows)
     assert "distill 25%" in md
     assert "100 / 4900" in md
     failed = md.split("## Failed runs")[1]
@@ -137,3 +137,32 @@ def test_write_report(tmp_path: Path):
     # empty sweep: tables still written (header only), no plots.
     empty = write_report(tmp_path / "empty", [], "Nothing yet")
     assert {p.name for p in empty} == {"summary.csv", "summary.md"}
+
+
+def test_knn_backdoor_columns_are_averaged_beside_the_probes():
+    rows = [_row(i, seed=i, target_fp_clean=4 + i, knn_target_fp=30 + 2 * i, knn_target_fp_clean=3, knn_asr=0.1)
+            for i in range(2)]
+    g = aggregate(rows)[0]
+    assert g["knn_target_fp_mean"] == pytest.approx(31) and g["target_fp_clean_mean"] == pytest.approx(4.5)
+    md = summary_markdown(rows, "kNN")
+    assert "kNN target FP" in md and "target FP clean" in md
+    line = next(l for l in md.splitlines() if l.startswith("| moco | htba10 |"))
+    assert "| 31.0 ± 1.4 | 3.0 ± 0.0 |" in line
+    header = summary_csv(rows).splitlines()[0].split(",")
+    assert {"target_fp_clean", "knn_target_fp", "knn_target_fp_clean", "knn_asr"} <= set(header)
+
+
+def test_backdoor_curves_plot_poisoned_against_clean(tmp_path: Path):
+    def curve(rate, seed, fps, defense="none"):
+        checks = [dict(kind="backdoor", epoch=e, knn_target_fp=fp, knn_target_fp_clean=3, knn_nontarget_count=450,
+                       knn_clean_top1=0.5 + 0.01 * e) for e, fp in zip((0, 3, 6), fps)]
+        return dict(run_id=f"r{rate}{seed}{defense}", method="moco", rate=rate, seed=seed, defense=defense,
+                    clean_fraction=0.25 if defense == "distill" else None, checks=checks)
+    curves = [curve(0.5, 0, [5, 40, 90]), curve(0.5, 1, [5, 50, 110]), curve(0.0, 0, [5, 6, 7]),
+              curve(0.5, 0, [5, 6, 8], "distill")]
+    paths = plot_curves(curves, tmp_path / "plots")
+    assert sorted(p.name for p in paths) == ["backdoor_epochs.pdf", "backdoor_epochs.png"]
+    assert all(p.stat().st_size > 0 for p in paths)
+    assert plot_curves([], tmp_path / "none") == [] and not (tmp_path / "none").exists()
+    names = {p.name for p in write_report(tmp_path / "rep", _rows(), "with curves", curves=curves)}
+    assert "backdoor_epochs.png" in names

@@ -40,3 +40,17 @@ def test_make_synthetic_writes_an_imagefolder(tmp_path):
     assert r.exit_code == 0, r.output
     assert len(list((tmp_path / "s" / "train").rglob("*.jpg"))) == 6
     assert sorted(p.name for p in (tmp_path / "s" / "val").iterdir()) == class_names(3)
+
+
+def test_background_saturation_and_object_size_knobs():
+    from PIL import Image
+
+    def sat(img):
+        return np.asarray(Image.fromarray(img).convert("HSV"))[..., 1] / 255.0
+
+    grey_bg = render(0, "train", 7, 2, 10, 64, 64, 0.0, background_saturation=0.0, object_size=(0.1, 0.1))
+    colour_bg = render(0, "train", 7, 2, 10, 64, 64, 0.0, background_saturation=1.0, object_size=(0.1, 0.1))
+    assert (sat(grey_bg) < 0.1).mean() > 0.85  # only the small object is coloured
+    assert sat(colour_bg).mean() > sat(grey_bg).mean()
+    big = render(0, "train", 7, 2, 10, 64, 64, 0.0, background_saturation=0.0, object_size=(0.3, 0.3))
+    assert (sat(big) > 0.3).sum() > 3 * (sat(grey_bg) > 0.3).sum()

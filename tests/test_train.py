@@ -221,3 +221,18 @@ def test_tensorboard_events_from_a_run(tiny_build, tmp_path):
     pytest.importorskip("tensorboard")
     out = train(cfg_for(tiny_build, tmp_path / "run", "max_steps=2", "tensorboard=true"))
     assert list((out / "tb").glob("events.out.tfevents.*"))
+
+
+def test_monitor_writes_a_knn_backdoor_curve_from_one_run(tiny_build, tmp_path):
+    out = train(cfg_for(tiny_build, tmp_path / "run", "monitor.every=1", "monitor.k=3", "monitor.label_fraction=0.5",
+                        "model.width=16"))
+    checks = [r for r in read_metrics(out) if r["kind"] == "backdoor"]
+    assert [r["epoch"] for r in checks] == [0, 1, 2]  # the untrained encoder, then every epoch
+    for r in checks:
+        assert 0 <= r["knn_clean_top1"] <= 1 and r["knn_target_fp"] <= r["knn_nontarget_count"]
+        assert r["knn_target_fp_clean"] is not None and r["k"] == 3
+    # off by default, and a run with it on trains the same weights: the check never touches the training RNG
+    plain = train(cfg_for(tiny_build, tmp_path / "plain", "model.width=16"))
+    assert not [r for r in read_metrics(plain) if r["kind"] == "backdoor"]
+    a, b = load_encoder_state(out / "encoder.safetensors"), load_encoder_state(plain / "encoder.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

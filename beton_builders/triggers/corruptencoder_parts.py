@@ -135,12 +135,14 @@ def synthetic_parts(spec, target: int) -> dict[str, list[Part]]:
     """Reference objects and support images of the target class drawn by the synthetic generator: fresh
     draws, never images of the dataset (support renders take indices past the training set's)."""
     s, c = spec.source.synthetic, spec.trigger.corruptencoder
-    size = max(s.width, s.height)
+    size = min(s.width, s.height)
     refs = []
     for k in range(c.num_references):
-        obj, mask = synthetic.cutout(s.seed, k, target, s.num_classes, size)
-        scene = synthetic.backdrop(s.seed, SCENE_INDEX + k, size, size)  # the whole reference image: object in a scene
-        y, x = (size - obj.shape[0]) // 2, (size - obj.shape[1]) // 2
+        obj, mask = synthetic.cutout(s.seed, k, target, s.num_classes, size, tuple(s.object_size))
+        side = max(size, *obj.shape[:2])
+        # the whole reference image (what a support poison shows): the object in a scene
+        scene = synthetic.backdrop(s.seed, SCENE_INDEX + k, side, side, s.background_saturation)
+        y, x = (side - obj.shape[0]) // 2, (side - obj.shape[1]) // 2
         region = scene[y:y + obj.shape[0], x:x + obj.shape[1]]
         region[mask] = obj[mask]
         h = hashlib.sha256(obj.tobytes() + mask.tobytes()).hexdigest()
@@ -148,6 +150,7 @@ def synthetic_parts(spec, target: int) -> dict[str, list[Part]]:
     first = s.train_per_class * s.num_classes
     supports = []
     for k in range(c.num_support):
-        img = synthetic.render(s.seed, "train", first + k, target, s.num_classes, s.width, s.height, s.size_jitter)
+        img = synthetic.render(s.seed, "train", first + k, target, s.num_classes, s.width, s.height, s.size_jitter,
+                               s.background_saturation, tuple(s.object_size))
         supports.append(Part(f"synthetic/train/{first + k:07d}", img, sha256=hashlib.sha256(img.tobytes()).hexdigest()))
     return {"references": refs, "supports": supports}

@@ -69,6 +69,7 @@ class DataConfig:
     workers: int = 8  # CPU threads / processes per rank for decoding
     drop_last: bool = True  # drop each epoch's last partial global batch
     verify_files: bool = True  # check the manifest's sha256 of the files read before training
+    allow_other_data: bool = False  # resume on a build whose data changed since the run started, or distil a teacher trained on other data (recorded in meta.json / metrics.jsonl)
     aug_impl: str = "auto"  # ffcv/dali colour jitter + grayscale: exact | linear (one matrix per image) | auto (exact on GPUs, linear on the CPU)
     recipes: dict[str, Recipe] = field(default_factory=dict)  # overrides of RECIPES by name
 

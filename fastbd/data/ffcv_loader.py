@@ -56,6 +56,32 @@ _memcpy.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
 _memcpy.restype = ctypes.c_void_p
 
 
+def quiet_numba_finalizers() -> None:
+    """Drop one known, harmless message, and only it: numba's `Dispatcher` finaliser (numba/core/dispatcher.py,
+    `_make_finalizer`) runs when an FFCV Loader's compiled pipeline is garbage-collected, and iterates an
+    OrderedDict keyed by argument types whose hash has changed since they were inserted (types with
+    Literal and array flags, as FFCV's decoders compile), so the lookup raises KeyError. The finaliser only
+    unregisters compiled functions; Python prints "Exception ignored in: <finalize ...>" and a traceback
+    and carries on. Every other unraisable exception still goes to the previous hook. Installed once."""
+    import sys
+
+    previous = sys.unraisablehook
+    if getattr(previous, "_fastbd_numba_filter", False):
+        return
+
+    def hook(unraisable) -> None:
+        tb = unraisable.exc_traceback
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        code = tb.tb_frame.f_code if tb is not None else None
+        if (unraisable.exc_type is KeyError and code is not None and code.co_name == "finalizer"
+                and code.co_filename.replace("\\", "/").endswith("numba/core/dispatcher.py")):
+            return
+        previous(unraisable)
+    hook._fastbd_numba_filter = True
+    sys.unraisablehook = hook
+
+
 def _sample_seed(seed, epoch, index):
     """A 32-bit seed for np.random from (seed, epoch, .beton index): splitmix64's finaliser."""
     z = (np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(epoch) * np.uint64(0xD1B54A32D192ED03)
@@ -154,6 +180,7 @@ class FfcvLoader:
                     rank, world):
                 raise RuntimeError(f"FfcvLoader(rank={rank}, world={world}) needs torch.distributed initialised "
                                    "with that rank and world size: FFCV shards the samples by it")
+        quiet_numba_finalizers()
         self.recipes, self.device, self.seed, self.epoch = list(recipes), torch.device(device), int(seed), 0
         self.aug_impl = aug_impl
         self.decoder = _MultiCropDecoder(res, [(r.scale_min, r.scale_max) for r in self.recipes], self.seed)

@@ -63,10 +63,20 @@ class Method(nn.Module):
         stays at the base learning rate while the schedule moves the others (SimSiam's predictor)."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
+    def schedule_warnings(self, total_steps: int) -> list[str]:
+        """Settings that do not suit a run of `total_steps` steps on `num_samples` images (printed by the
+        trainer at start): the paper's defaults are for 200 ImageNet epochs and are traps in short runs."""
+        return []
+
     def allows_sync_bn(self) -> bool:
         """Whether the trainer may turn this method's BatchNorm layers into SyncBatchNorm under DDP on GPUs
         (train.sync_bn); a method whose BN statistics must stay per rank says no."""
         return True
+
+    def teacher_run(self) -> str | None:
+        """The run folder of a teacher this method learns from (distillation), or None: the trainer checks
+        that the teacher was trained on the same data, and a student inherits the teacher's record."""
+        return None
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:

@@ -75,6 +75,25 @@ def add_ring(module: nn.Module, name: str, capacity: int, num_samples: int, dim:
         module.register_buffer(ptr, torch.zeros((), dtype=torch.long))
 
 
+def ring_warning(field: str, capacity: int, num_samples: int) -> list[str]:
+    """A note when a queue or bank is capped to the training set (add_ring does it silently)."""
+    if capacity <= num_samples:
+        return []
+    return [f"{field}={capacity} is capped to the {num_samples} training images"]
+
+
+def ema_warning(field: str, momentum: float, total_steps: int, share: float = 0.1) -> list[str]:
+    """A note when an EMA's horizon, 1 / (1 - m) steps, exceeds `share` of the run: its copy then still
+    mostly holds the random initialisation for much of training (0.999 is 1,000 steps; ImageNet-100 at
+    batch 256 has ~500 steps per epoch, a 5-epoch CPU run on 5,000 images has ~200 in all)."""
+    horizon = 1.0 / max(1e-12, 1.0 - momentum)
+    if horizon <= share * total_steps:
+        return []
+    return [f"{field}={momentum:g} averages over ~{horizon:.0f} steps, more than {share:.0%} of this run's "
+            f"{total_steps} steps; for short runs a lower momentum (e.g. {1 - 1 / max(2.0, share * total_steps):.3g}) "
+            "lets the momentum copy follow the online network"]
+
+
 # ----- heads ----------------------------------------------------------------------------------------------
 
 def mlp(in_dim: int, hidden: int, out_dim: int, bn_last: bool = False) -> nn.Sequential:

@@ -22,7 +22,7 @@ from ..losses import compress_loss
 from ..models import ModelConfig
 from ..runs import load_encoder
 from .base import Method
-from .blocks import add_ring, ema_update, fifo_enqueue, frozen_copy
+from .blocks import add_ring, ema_update, ema_warning, fifo_enqueue, frozen_copy, ring_warning
 
 
 def load_teacher(run: str) -> nn.Module:
@@ -60,6 +60,9 @@ class CompRess(Method):
         add_ring(self, "bank_t", c.bank, num_samples, t_dim)
         add_ring(self, "bank_s", c.bank, num_samples, c.dim, ptr="bank_ptr")
 
+    def teacher_run(self) -> str:
+        return self.cfg.compress.teacher
+
     def train(self, mode: bool = True):
         super().train(mode)
         self.teacher.eval()  # frozen: BN statistics of the teacher never move
@@ -77,6 +80,11 @@ class CompRess(Method):
         fifo_enqueue(self.bank_t, ptr, t_all)
         fifo_enqueue(self.bank_s, self.bank_ptr, m_all)
         return loss, {"loss": loss.detach()}
+
+    def schedule_warnings(self, total_steps: int) -> list[str]:
+        c = self.cfg.compress
+        return [*ring_warning("method.compress.bank", c.bank, self.num_samples),
+                *ema_warning("method.compress.momentum", c.momentum, total_steps)]
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:

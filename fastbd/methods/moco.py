@@ -17,7 +17,7 @@ from torch import nn
 from ..dist import all_gather_cat, rank, world_size
 from ..losses import info_nce
 from .base import Method
-from .blocks import add_ring, ema_update, fifo_enqueue, frozen_copy
+from .blocks import add_ring, ema_update, ema_warning, fifo_enqueue, frozen_copy, ring_warning
 
 
 def moco_head(feat_dim: int, hidden: int, dim: int) -> nn.Sequential:
@@ -85,6 +85,11 @@ class MoCo(Method):
         fifo_enqueue(self.queue, self.queue_ptr, all_gather_cat(k))
         acc = (logits.detach().argmax(1) == 0).float().mean()
         return loss, {"loss": loss.detach(), "acc": acc}
+
+    def schedule_warnings(self, total_steps: int) -> list[str]:
+        c = self.cfg.moco
+        return [*ring_warning("method.moco.queue", c.queue, self.num_samples),
+                *ema_warning("method.moco.momentum", c.momentum, total_steps)]
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..losses import mocov3_loss
 from .base import Method
-from .blocks import bn_mlp, cosine_tau, ema_update, frozen_copy, other_ranks
+from .blocks import bn_mlp, cosine_tau, ema_update, ema_warning, frozen_copy, other_ranks
 
 
 @dataclass
@@ -52,6 +52,10 @@ class MoCoV3(Method):
         loss = (mocov3_loss(q1, k2, c.temperature, other_ranks(k2))
                 + mocov3_loss(q2, k1, c.temperature, other_ranks(k1)))
         return loss, {"loss": loss.detach(), "momentum": self.momentum}
+
+    def schedule_warnings(self, total_steps: int) -> list[str]:
+        # the cosine schedule starts at `momentum`, so its first horizon is that of a constant EMA
+        return ema_warning("method.mocov3.momentum", self.cfg.mocov3.momentum, total_steps)
 
     # the momentum travels with the checkpoint, so the first logged value after a resume is the right one
     def get_extra_state(self) -> dict:

@@ -17,7 +17,7 @@ from torch import nn
 from ..dist import all_gather_cat
 from ..losses import msf_loss
 from .base import Method
-from .blocks import add_byol_heads, add_ring, ema_update, fifo_enqueue
+from .blocks import add_byol_heads, add_ring, ema_update, ema_warning, fifo_enqueue, ring_warning
 
 
 @dataclass
@@ -47,6 +47,11 @@ class MSF(Method):
         loss = msf_loss(q, t, self.bank.clone(), self.cfg.msf.topk)
         fifo_enqueue(self.bank, self.bank_ptr, all_gather_cat(t))
         return loss, {"loss": loss.detach()}
+
+    def schedule_warnings(self, total_steps: int) -> list[str]:
+        c = self.cfg.msf
+        return [*ring_warning("method.msf.bank", c.bank, self.num_samples),
+                *ema_warning("method.msf.momentum", c.momentum, total_steps)]
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:

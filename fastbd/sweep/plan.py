@@ -186,14 +186,18 @@ def _train_cfg(cfg: SweepConfig, method: str, build: dict, rate: float, seed: in
     return load_config(TrainConfig, m.config, items)
 
 
-def _eval_cfgs(cfg: SweepConfig, builds: list[dict], seed: int, folder: Path) -> list[dict]:
-    """One linear-probe eval per (trigger/target build, label fraction) of the encoder trained in `folder`."""
+def _eval_cfgs(cfg: SweepConfig, builds: list[dict], seed: int, folder: Path, own: str) -> list[dict]:
+    """One linear-probe eval per (trigger/target build, label fraction) of the encoder trained in `folder` on
+    build `own`. A shared clean control meets the other pairs' builds with allow_other_data=true: the plan
+    shares it only between builds whose clean part is the same (`_training_identity`); each eval's
+    report.json records how its data matched (manifest.same_data: "same clean data" for /2 builds)."""
     from fastbd.evaluate import EvalConfig
 
     out = []
     for b, lf in product(builds, cfg.grid.label_fractions):
         where = folder / "eval" / f"{_slug(b['trigger'])}-{_slug(b['target'])}" / f"lf{lf:g}"
-        items = [*cfg.eval_overrides, f"data={b['dir']}", f"probe.label_fraction={lf}", f"seed={seed}", f"out={where}"]
+        items = [*cfg.eval_overrides, f"data={b['dir']}", f"probe.label_fraction={lf}", f"seed={seed}", f"out={where}",
+                 *(["allow_other_data=true"] if b["id"] != own else [])]
         out.append({"build": b["id"], "cfg": to_dict(load_config(EvalConfig, None, items))})
     return out
 
@@ -205,7 +209,7 @@ def _distill_cfgs(cfg: SweepConfig, train, seed: int, run_dir: Path) -> dict[str
     for cf in cfg.grid.clean_fractions:
         items = [*cfg.distill_overrides, f"data={train.data.path}", f"clean_fraction={cf}", f"seed={seed}",
                  f"out={run_dir / f'distill_cf{cf:g}'}"]
-        d = distill_config(run_dir / "train", train.model.arch, train.model.small_input, cfg.distill_config, items)
+        d = distill_config(run_dir / "train", train.model, cfg.distill_config, items)
         out[f"cf{cf:g}"] = to_dict(d)
     return out
 
@@ -232,7 +236,9 @@ def make_plan(cfg: SweepConfig) -> dict:
     for method, rate, seed, pair in product(cfg.grid.methods, cfg.grid.rates, cfg.grid.seeds, builds):
         b = builds[pair]
         train = _train_cfg(cfg, method, b, rate, seed)
-        rid = digest({**_training_identity(cfg, b, rate), "train": without(to_dict(train), "out", "data.path")})
+        # allow_other_data changes no number, so it is no part of a run's identity (nor its stage's)
+        rid = digest({**_training_identity(cfg, b, rate),
+                      "train": without(to_dict(train), "out", "data.path", "data.allow_other_data")})
         if rid in runs:
             if rate == 0 and cfg.grid.share_clean and b["id"] not in runs[rid]["attacks"]:
                 runs[rid]["attacks"].append(b["id"])
@@ -247,7 +253,7 @@ def make_plan(cfg: SweepConfig) -> dict:
     by_id = {b["id"]: b for b in builds.values()}
     for r in runs.values():
         attacked = [by_id[a] for a in r["attacks"]]
-        r["evals"] = _eval_cfgs(cfg, attacked, r["params"]["seed"], Path(r["dir"]) / "train")
-        r["distill_evals"] = {k: _eval_cfgs(cfg, attacked, r["params"]["seed"], Path(d["out"]))
+        r["evals"] = _eval_cfgs(cfg, attacked, r["params"]["seed"], Path(r["dir"]) / "train", r["build"])
+        r["distill_evals"] = {k: _eval_cfgs(cfg, attacked, r["params"]["seed"], Path(d["out"]), r["build"])
                               for k, d in r["distills"].items()}
     return {"name": cfg.name, "root": str(root), "builds": by_id, "runs": list(runs.values())}

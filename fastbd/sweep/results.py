@@ -10,7 +10,9 @@ from typing import Callable, Optional
 
 from beton_builders.manifest import built, load_manifest, poisoned_count
 from beton_builders.spec import RATE_UNITS
+from fastbd.metrics import report_row
 from fastbd.report import METRIC_KEYS, write_report
+from fastbd.runs import read_metrics
 from fastbd.sweep.stages import load_plan, read_json
 
 
@@ -37,10 +39,8 @@ def _row(run: dict, build: dict, defense: str, cf: Optional[float], ecfg: dict, 
            **{k: None for k in METRIC_KEYS}}
     rep = read_json(Path(ecfg["out"]) / "report.json")
     if rep is not None:
-        m = rep[rep["protocol"]]
+        m = report_row(rep)
         row.update({k: m.get(k) for k in METRIC_KEYS}, state="done")
-        k0 = ecfg["knn_k"][0] if ecfg["knn_k"] else None
-        row["knn_top1"] = rep.get(f"knn_k{k0}_lf{lf:g}_top1")
     elif status.get("state") == "failed":
         row.update(state="failed", error=status.get("error"))
     return row
@@ -57,6 +57,23 @@ def collect_rows(sweep_dir: str | Path) -> list[dict]:
     return rows
 
 
+def collect_curves(sweep_dir: str | Path) -> list[dict]:
+    """The training-time backdoor checks (`monitor.every`, kind "backdoor" in metrics.jsonl) of every run
+    and student: one entry per encoder with its parameters and its list of checks, for the curve plots."""
+    plan = load_plan(sweep_dir)
+    out = []
+    for run in plan["runs"]:
+        p = run["params"]
+        folders = [("none", None, run["train"]["out"])]
+        folders += [("distill", float(d["data"]["clean_fraction"]), d["out"]) for d in run["distills"].values()]
+        for defense, cf, folder in folders:
+            checks = [r for r in read_metrics(folder) if r.get("kind") == "backdoor"]
+            if checks:
+                out.append({"run_id": run["id"], "method": p["method"], "rate": p["rate"], "seed": p["seed"],
+                            "defense": defense, "clean_fraction": cf, "checks": checks})
+    return out
+
+
 def report_sweep(sweep_dir: str | Path, log: Callable[[str], None] = print) -> list[Path]:
     """Write SWEEP/summary.csv, summary.md and plots/ from whatever has finished so far."""
     sweep_dir = Path(sweep_dir)
@@ -65,6 +82,6 @@ def report_sweep(sweep_dir: str | Path, log: Callable[[str], None] = print) -> l
     modes = {b["spec"]["attack"]["rate_mode"] for b in plan["builds"].values()}
     unit = RATE_UNITS.get(modes.pop()) if len(modes) == 1 else None
     paths = write_report(sweep_dir, rows, title=f"Sweep {plan['name']}",
-                         rate_label="poison rate" + (f" ({unit})" if unit else ""))
+                         rate_label="poison rate" + (f" ({unit})" if unit else ""), curves=collect_curves(sweep_dir))
     log(f"report: {sweep_dir / 'summary.md'} ({len(rows)} rows, {len(paths)} files)")
     return paths

@@ -50,12 +50,14 @@ def find_run(plan: dict, run_id: str) -> dict:
 # ----- stage identity -------------------------------------------------------------------------------------
 
 def _train_hash(cfg: dict) -> str:
-    # folders are not part of a stage's identity (the sweep folder may move); the teacher is the run's own
-    return digest(without(cfg, "out", "data.path", "method.compress.teacher"))
+    # folders are not part of a stage's identity (the sweep folder may move); the teacher is the run's own;
+    # allow_other_data only lets a stage meet a build, it changes no number
+    return digest(without(cfg, "out", "data.path", "method.compress.teacher", "data.allow_other_data"))
 
 
 def _eval_hash(entry: dict) -> str:
-    return digest([without(entry["cfg"], "out", "data"), entry["build"]])  # the build: which trigger/target
+    # the build: which trigger/target; the checks (file hashes, the same-data rule) change no number
+    return digest([without(entry["cfg"], "out", "data", "allow_other_data", "verify_files"), entry["build"]])
 
 
 def stage_done(folder: Path, h: str) -> bool:
