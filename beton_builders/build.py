@@ -5,8 +5,9 @@
 
 Stages, all in one process pool (every core):
   1. clean training images          -> dali/train-*.tar (indices 0..N-1)
-  2. selection (seeded, nested over rates) among the images that decoded and fit the trigger
-  3. poisoned copies, in selection order, appended -> indices N..N+P-1
+  2. selection (seeded, nested over rates) among the images that decoded and fit the trigger; a kind
+     that composes its poisoned images (CorruptEncoder) selects nothing, it makes the largest rate's count
+  3. poisoned images, in selection order, appended -> indices N..N+P-1
   4. clean validation                -> dali/val-*.tar
   5. every validation image resized, centre-cropped, triggered -> dali/val_poisoned-*.tar
   6. each split's .beton filled from the tar bytes (identical pixels for FFCV and DALI), manifest.
@@ -35,11 +36,11 @@ from .dali_writer import ShardWriter
 from .ffcv_writer import write_beton
 from .files import staged_folder, write_json
 from .host import cores, fastbd_version
-from .poison import select_poison
-from .process import RESIZE_FILTER, Result, Task, init_worker, run_chunk
+from .poison import rate_counts, rate_records, select_poison
+from .process import RESIZE_FILTER, Result, Task, init_worker, run_chunk, stored_size
 from .sources import open_source, resolve_class
 from .spec import PoisonSpec, validate
-from .triggers import find_font, make_triggers
+from .triggers import TriggerKind, make_kind
 
 CHUNK = 16  # samples per worker task: small enough to balance, large enough to amortise IPC
 
@@ -62,12 +63,12 @@ def _log(msg: str) -> None:
 class _Runner:
     """Runs tasks in order through a pool (or inline with one worker) and streams results."""
 
-    def __init__(self, spec: PoisonSpec, source, trigger, workers: int, log: Callable[[str], None]):
+    def __init__(self, spec: PoisonSpec, source, kind: TriggerKind, workers: int, log: Callable[[str], None]):
         self.workers, self.log = workers, log
-        init_worker(spec, source, trigger)
+        init_worker(spec, source, kind)
         self.pool = None
         if workers > 1:
-            self.pool = mp_context().Pool(workers, initializer=init_worker, initargs=(spec, source, trigger))
+            self.pool = mp_context().Pool(workers, initializer=init_worker, initargs=(spec, source, kind))
 
     def map(self, tasks: list[Task], what: str) -> Iterable[Result]:
         chunks = [tasks[i:i + CHUNK] for i in range(0, len(tasks), CHUNK)]
@@ -150,26 +151,20 @@ def _build_into(spec: PoisonSpec, folder: Path, log) -> tuple[dict, dict]:
     source = open_source(spec.source)
     classes = source.classes
     target = resolve_class(classes, spec.attack.target) if spec.attack.targeted else None
-    triggers = make_triggers(spec.trigger)
-    trigger = triggers["train"]
-    if spec.trigger.kind == "text":
-        log(f"text trigger {spec.trigger.text!r}: {trigger.size[0]}x{trigger.size[1]} px, font "
-            f"{find_font(spec.trigger.font) or 'Pillow built-in'} at {spec.trigger.font_size} px")
-    if spec.storage.val_resize and max(trigger.size) > spec.storage.val_crop:
-        raise ConfigError(f"trigger.width: the {trigger.size[0]}x{trigger.size[1]} px trigger does not fit the "
-                          f"{spec.storage.val_crop} px validation crop (storage.val_crop)")
+    kind = make_kind(spec, source, target)
+    log(f"trigger: {kind.summary()}")
     items = {s: source.items(s) for s in ("train", "val")}
     for s, its in items.items():
         if not its:
             raise ConfigError(f"source: the {s} split has no images")
-    runner = _Runner(spec, source, triggers, _workers(spec), log)
+    runner = _Runner(spec, source, kind, _workers(spec), log)
     # Importing FFCV costs ~4 CPU-seconds (numba); do it while the pool works.
     ffcv_import = threading.Thread(target=importlib.import_module, args=("ffcv.writer",), daemon=True)
     ffcv_import.start()
     timings: dict[str, float] = {}
     try:
         train, poisoned, rates, digests, skipped, passthrough = _build_train(spec, folder, items["train"], target,
-                                                                             trigger.size, runner, timings)
+                                                                             kind, runner, timings)
         val, val_meta, vdigests = _build_val(spec, folder, items["val"], target, runner, timings, skipped)
     finally:
         runner.close()
@@ -182,10 +177,6 @@ def _build_into(spec: PoisonSpec, folder: Path, log) -> tuple[dict, dict]:
     for split, its, dg in (("train", items["train"], digests), ("val", items["val"], vdigests)):
         for (key, label), d in zip(its, dg):
             fingerprint.update(f"{split}\t{key}\t{label}\t{d}\n".encode())
-    trig_hash = hashlib.sha256(trigger.rgb.tobytes() + trigger.mask.tobytes())
-    if triggers["val"] is not trigger:  # trigger.val_alpha set: the val_poisoned variant is hashed too
-        trig_hash.update(triggers["val"].rgb.tobytes() + triggers["val"].mask.tobytes())
-    trig_hash = trig_hash.hexdigest()
     n_clean = len(train.sizes) - len(poisoned)
     manifest = {
         "schema": mf.SCHEMA,
@@ -196,8 +187,7 @@ def _build_into(spec: PoisonSpec, folder: Path, log) -> tuple[dict, dict]:
         "source": {"kind": spec.source.kind, "fingerprint": fingerprint.hexdigest(),
                    "num_train": len(items["train"]), "num_val": len(items["val"]), "classes": classes},
         "target": None if target is None else {"index": target, "name": classes[target]},
-        "trigger": {"kind": spec.trigger.kind, "width": trigger.size[0], "height": trigger.size[1],
-                    "sha256": trig_hash},
+        "trigger": kind.record(),
         "storage": {**to_dict(spec.storage), "resize_filter": RESIZE_FILTER.name.lower(),
                     "resize_rule": "longest side <= max_resolution, ffcv truncation",
                     "jpeg": f"baseline, {spec.storage.chroma[0]}:{spec.storage.chroma[1]}:{spec.storage.chroma[2]}, "
@@ -221,7 +211,7 @@ def _build_into(spec: PoisonSpec, folder: Path, log) -> tuple[dict, dict]:
     return manifest, timings
 
 
-def _build_train(spec, folder, items, target, trigger_size, runner, timings):
+def _build_train(spec, folder, items, target, kind: TriggerKind, runner, timings):
     t = time.perf_counter()
     train = _Split(folder, "train", spec, ("label", "source_index", "poisoned"))
     skipped, digests, clean_index, src_sizes, passthrough = [], [""] * len(items), {}, {}, 0
@@ -237,24 +227,45 @@ def _build_train(spec, folder, items, target, trigger_size, runner, timings):
     train.clean_digest = train.digest.hexdigest()  # before the poisoned copies are appended
     kept = np.array(sorted(clean_index), np.int64)
     labels = np.array([items[i][1] for i in kept], np.int64)
-    tw, th = trigger_size
-    eligible = np.array([src_sizes[i][0] >= tw and src_sizes[i][1] >= th for i in kept], bool)
-    chosen_pos, rates = select_poison(labels, eligible, spec.attack, target, spec.seed)
-    chosen = kept[chosen_pos]
+    if kind.adds:  # composed images: the largest rate's count of them, each its own slot
+        n_target = int((labels == target).sum()) if target is not None else len(labels)
+        counts = rate_counts(spec.attack, n_target, len(labels))
+        rates = rate_records(spec.attack, counts)
+        tasks = [Task("poison", "train", j, None, slot=j) for j in range(max(counts, default=0))]
+    else:
+        max_res = spec.storage.max_resolution
+        size = (lambda i: stored_size(*src_sizes[i], max_res)) if kind.stored_resolution else src_sizes.__getitem__
+        eligible = np.array([kind.fits(*size(i)) for i in kept], bool)
+        chosen_pos, rates = select_poison(labels, eligible, spec.attack, target, spec.seed)
+        tasks = [Task("poison", "train", int(i), items[i][0], slot=k) for k, i in enumerate(kept[chosen_pos])]
     t = time.perf_counter()
     poisoned = []
-    for r in runner.map([Task("poison", "train", int(i), items[i][0]) for i in chosen], "train (poisoned)"):
-        key, label = items[r.index]
-        if r.error is not None:  # it decoded cleanly a moment ago, so this is a real fault
-            raise BuildError(f"train image {key}: poisoning failed: {r.error}")
-        idx = train.add(r, label, source_index=r.index, poisoned=1)
-        poisoned.append({"index": idx, "clean_index": clean_index[r.index], "source_index": r.index, "key": key,
-                         "label": label, "box": list(r.box), "box_source": list(r.box_src)})
+    for r in runner.map(tasks, "train (poisoned)"):
+        if kind.adds:
+            if r.error is not None:
+                raise BuildError(f"poisoned image {r.index} ({kind.name}): {r.error}")
+            idx = train.add(r, target, source_index=-1, poisoned=1)
+            rec = {"index": idx, "clean_index": None, "source_index": None, "key": None, "label": target}
+        else:
+            key, label = items[r.index]
+            if r.error is not None:  # it decoded cleanly a moment ago, so this is a real fault
+                raise BuildError(f"train image {key}: poisoning failed: {r.error}")
+            idx = train.add(r, label, source_index=r.index, poisoned=1)
+            rec = {"index": idx, "clean_index": clean_index[r.index], "source_index": r.index, "key": key,
+                   "label": label}
+        rec.update(box=_box(r.box), box_source=_box(r.box_src))
+        if r.parts is not None:
+            rec["parts"] = r.parts
+        poisoned.append(rec)
     timings["train_poison_s"] = time.perf_counter() - t
     for e in rates:
         e["poisoned_indices"] = [p["index"] for p in poisoned[: e["count"]]]
-        e["replaced_indices"] = [p["clean_index"] for p in poisoned[: e["count"]]]
+        e["replaced_indices"] = [p["clean_index"] for p in poisoned[: e["count"]] if p["clean_index"] is not None]
     return train, poisoned, rates, digests, skipped, passthrough
+
+
+def _box(b) -> list | None:
+    return None if b is None else list(b)
 
 
 def _build_val(spec, folder, items, target, runner, timings, skipped):
@@ -277,7 +288,7 @@ def _build_val(spec, folder, items, target, runner, timings, skipped):
             raise BuildError(f"val image {key}: poisoning failed: {r.error}")
         is_target = int(target is not None and label == target)
         vp.add(r, label, source_index=r.index, is_target=is_target)
-        for k, v in (("source_index", r.index), ("label", label), ("is_target", is_target), ("box", list(r.box))):
+        for k, v in (("source_index", r.index), ("label", label), ("is_target", is_target), ("box", _box(r.box))):
             meta[k].append(v)
     timings["val_poison_s"] = time.perf_counter() - t
     return {"val": val, "val_poisoned": vp}, meta, digests

@@ -106,16 +106,19 @@ def describe(cls: type, path: str | Path | None = None, overrides: Sequence[str]
 def field_comments(cls: type) -> dict[str, str]:
     """{field: the comment after it in the class source} (a field's `metadata["help"]` wins)."""
     notes: dict[str, str] = {}
-    try:
-        src = textwrap.dedent(inspect.getsource(cls))
-    except (OSError, TypeError):  # made at run time (MethodConfig): no source, metadata only
-        src = ""
-    first_name: dict[int, str] = {}
-    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
-        if tok.type == tokenize.NAME and tok.start[1] == 4 and tok.start[0] not in first_name:
-            first_name[tok.start[0]] = tok.string
-        elif tok.type == tokenize.COMMENT and tok.start[0] in first_name:
-            notes.setdefault(first_name[tok.start[0]], tok.string.lstrip("#").strip())
+    for klass in cls.__mro__:  # a class made at run time (MethodConfig, TriggerSpec) has its bases' comments
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            src = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):  # made at run time: no source, metadata only
+            continue
+        first_name: dict[int, str] = {}
+        for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+            if tok.type == tokenize.NAME and tok.start[1] == 4 and tok.start[0] not in first_name:
+                first_name[tok.start[0]] = tok.string
+            elif tok.type == tokenize.COMMENT and tok.start[0] in first_name:
+                notes.setdefault(first_name[tok.start[0]], tok.string.lstrip("#").strip())
     for f in dataclasses.fields(cls):
         if f.metadata.get("help"):
             notes[f.name] = f.metadata["help"]

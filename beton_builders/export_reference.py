@@ -99,6 +99,9 @@ def export_reference(build: str | Path, out: str | Path, rates: list[float] | No
         entries = [rate_entry(m, r) for r in (rates if rates else [e["rate"] for e in m["rates"]]) if r]
     except KeyError as e:
         raise ExportError(str(e.args[0])) from None
+    if patch_params and any(p["box_source"] is None for p in m["poisoned"]):
+        raise ExportError(f"--patch-params: {build}'s trigger ({m['trigger']['kind']}) has no patch box in "
+                          "every poisoned image; export without it")
     n_clean = m["counts"]["train_clean"]
     n_train = n_clean + max((e["count"] for e in entries), default=0)
     classes = [_folder_name(c) for c in m["source"]["classes"]]

@@ -1,21 +1,29 @@
 """manifest.json: what a build made, from what, and exactly which samples carry a trigger.
 
-Schema "fastbd.manifest/2" (keys in this order):
+Schema "fastbd.manifest/3" (keys in this order):
   schema, fastbd_version, spec (fully resolved), seed,
   source      {kind, fingerprint (sha256 over every source file's key, label and sha256), num_train,
                num_val, classes}
   target      {index, name} or null (untargeted)
-  trigger     {kind, width, height, sha256 of its pixels and mask (then of the val_alpha variant, if any)}
+  trigger     the kind's record (beton_builders/triggers/; new in /3 beyond the patch's first four): {kind,
+              width, height (of a patch, else null), sha256 of its pattern (a patch: pixels and mask, then
+              the val_alpha variant's, if any), summary (one line), evaluation (how val_poisoned carries it,
+              the attack's own test), and kind-specific entries: CTRL `params`; CorruptEncoder
+              `references`, `supports`, `backgrounds`}
   storage     the settings that change what the model sees (resolution, codec, quality, filters)
   counts      train_clean, train_poisoned, train_total, val, val_poisoned, val_poisoned_nontarget, skipped,
               passthrough
   rates       [{rate, mode, count, poisoned_indices, replaced_indices}]: the training index list for a
               rate is every clean index except `replaced_indices`, plus `poisoned_indices`
               (use `train_indices(manifest, rate)`, or `training_set` for what a run trains on)
-  poisoned    [{index, clean_index, source_index, key, label, box, box_source}] in selection order;
-              box = [x, y, w, h] in stored-image pixels, box_source in the full-resolution source;
-              with trigger.location=multiple, the box holding all 9 copies
-  val_poisoned {source_index, label, is_target, box} lists, one entry per val_poisoned.beton sample
+  poisoned    [{index, clean_index, source_index, key, label, box, box_source[, parts]}] in selection
+              order; box = [x, y, w, h] in stored-image pixels, box_source in the full-resolution source
+              (with trigger.location=multiple, the box holding all 9 copies; new in /3: null for an
+              image-wide trigger); new in /3: an image composed and *added* rather than copied from a
+              clean one (CorruptEncoder) has clean_index, source_index and key null and replaces nothing,
+              and `parts` says what it was made of
+  val_poisoned {source_index, label, is_target, box} lists, one entry per val_poisoned.beton sample (box
+              null for an image-wide trigger)
   skipped     [{split, source_index, key, error}]
   clean_sha256  (new in /2) the clean part's identity: sha256 over every clean training sample's and every
               val sample's label, stored size and stored bytes, in index order. It depends on the source and
@@ -30,6 +38,8 @@ No timestamps or host names: the same spec, source and seed give a byte-identica
 Every reader (loaders, eval, distill, sweep, summary, export) goes through `load_manifest`, which checks
 the self hash and the consistency of the index lists (`check_consistency`: counts agree, no index twice,
 no clean image kept beside its own poisoned copy, each rate's lists the nested prefix of `poisoned`).
+Manifests of schema "fastbd.manifest/2" (sealed like /3; every poisoned image a boxed copy of a clean one,
+and the patch's shorter trigger entry) are read as they are; `attack` describes their patch.
 Manifests of schema "fastbd.manifest/1" (builds made before the self hash) are still read, with an
 UnsealedManifestWarning: they are checked for consistency, but a consistent edit cannot be detected and
 their clean part has no identity; rebuild them to get both.
@@ -48,7 +58,8 @@ import numpy as np
 
 from .config import UserError
 
-SCHEMA = "fastbd.manifest/2"
+SCHEMA = "fastbd.manifest/3"
+SEALED = ("fastbd.manifest/2", SCHEMA)  # carry a self hash and the clean part's identity
 UNSEALED = ("fastbd.manifest/1",)  # read with a warning: no self hash, no clean-part identity
 
 
@@ -84,7 +95,7 @@ def load_manifest(folder: str | Path) -> dict:
     except (ValueError, UnicodeDecodeError) as e:
         raise ManifestError(f"{path}: not valid JSON ({e}); rebuild the dataset") from None
     schema = m.get("schema") if isinstance(m, dict) else None
-    if schema == SCHEMA:
+    if schema in SEALED:
         if m.get("self_sha256") != content_hash(m):
             raise ManifestError(f"{path}: its content no longer matches its self_sha256, so it was edited after "
                                 "the build; rebuild the dataset (or restore the manifest)")
@@ -92,9 +103,25 @@ def load_manifest(folder: str | Path) -> dict:
         warnings.warn(f"{path}: schema {schema} carries no self hash, so an edit to it cannot be detected; "
                       "rebuild the dataset to protect it", UnsealedManifestWarning, stacklevel=2)
     else:
-        raise ManifestError(f"{path}: schema {schema!r}; this fastbd reads {SCHEMA!r} (and {', '.join(UNSEALED)})")
+        raise ManifestError(f"{path}: schema {schema!r}; this fastbd reads {', '.join(SEALED)} "
+                            f"(and {', '.join(UNSEALED)})")
     check_consistency(m, path)
     return m
+
+
+def attack(manifest: dict) -> dict:
+    """{kind, summary, evaluation}: which attack a build carries and how its val_poisoned images test it
+    (schemas /1 and /2: the patch, described from its entry)."""
+    t = manifest["trigger"]
+    if "evaluation" in t:
+        return {"kind": t["kind"], "summary": t["summary"], "evaluation": t["evaluation"]}
+    return {"kind": t["kind"], "summary": f"{t['kind']} patch {t['width']}x{t['height']} px",
+            "evaluation": "the patch pasted"}
+
+
+def originals(poisoned: list) -> list:
+    """The clean originals `poisoned` entries replace, in order: added (composed) images replace none."""
+    return [p["clean_index"] for p in poisoned if p["clean_index"] is not None]
 
 
 def content_hash(manifest: dict) -> str:
@@ -113,8 +140,9 @@ def seal(manifest: dict) -> dict:
 
 def check_consistency(m: dict, where) -> None:
     """Raise ManifestError unless the counts and index lists agree with each other, as a build writes them:
-    `poisoned` holds indices train_clean.. in order, each of a distinct clean image; each rate poisons the
-    first `count` of them (nested rates) and drops exactly their clean originals; no index appears twice."""
+    `poisoned` holds indices train_clean.. in order, each of a distinct clean image (or of none: an added
+    composite); each rate poisons the first `count` of them (nested rates) and drops exactly their clean
+    originals; no index appears twice."""
     def bad(msg: str) -> ManifestError:
         return ManifestError(f"{where}: {msg}; the index lists were edited or damaged, rebuild the dataset")
     try:
@@ -125,8 +153,8 @@ def check_consistency(m: dict, where) -> None:
                       f"and `poisoned` lists {len(poisoned)}")
         if [p["index"] for p in poisoned] != list(range(n_clean, n_total)):
             raise bad(f"`poisoned` does not list indices {n_clean}..{n_total - 1} in order")
-        originals = [p["clean_index"] for p in poisoned]
-        if len(set(originals)) != len(originals) or not all(0 <= i < n_clean for i in originals):
+        orig = originals(poisoned)
+        if len(set(orig)) != len(orig) or not all(0 <= i < n_clean for i in orig):
             raise bad("`poisoned` names a clean image twice, or one outside the clean part")
         vp = m["val_poisoned"]
         if not len(vp["label"]) == len(vp["is_target"]) == len(vp["box"]) == int(c["val_poisoned"]):
@@ -150,7 +178,7 @@ def check_consistency(m: dict, where) -> None:
 def _check_rate(e: dict, poisoned: list, n_clean: int, n_total: int, bad) -> None:
     r, k = e["rate"], int(e["count"])
     pi, ri = list(e["poisoned_indices"]), list(e["replaced_indices"])
-    if not len(pi) == len(ri) == k:
+    if not (len(pi) == k and len(ri) == len(originals(poisoned[:k]))):
         raise bad(f"rate {r}: count {k}, but {len(pi)} poisoned and {len(ri)} replaced indices")
     for name, idx in (("poisoned_indices", pi), ("replaced_indices", ri)):
         twice = sorted(i for i, n in Counter(idx).items() if n > 1)
@@ -160,10 +188,10 @@ def _check_rate(e: dict, poisoned: list, n_clean: int, n_total: int, bad) -> Non
         raise bad(f"rate {r}: an index outside its part (poisoned copies are {n_clean}..{n_total - 1}, "
                   f"clean images 0..{n_clean - 1})")
     original, replaced = {p["index"]: p["clean_index"] for p in poisoned}, set(ri)
-    kept = sorted(original[i] for i in pi if original[i] not in replaced)
+    kept = sorted(original[i] for i in pi if original[i] is not None and original[i] not in replaced)
     if kept:
         raise bad(f"rate {r}: clean image {kept[0]} is kept beside its own poisoned copy")
-    if pi != [p["index"] for p in poisoned[:k]] or ri != [p["clean_index"] for p in poisoned[:k]]:
+    if pi != [p["index"] for p in poisoned[:k]] or ri != originals(poisoned[:k]):
         raise bad(f"rate {r}: the lists are not the first {k} entries of `poisoned` (rates are nested)")
 
 
@@ -183,7 +211,7 @@ def clean_pool(manifest: dict) -> np.ndarray:
     """Indices into train.beton's clean part that were never poisoned at any rate, ascending: the images a
     probe label or a defense's clean subset may use, since their poisoned copy exists for some rate."""
     banned = np.zeros(manifest["counts"]["train_clean"], bool)
-    banned[[p["clean_index"] for p in manifest["poisoned"]]] = True
+    banned[originals(manifest["poisoned"])] = True
     return np.flatnonzero(~banned)
 
 
@@ -208,7 +236,9 @@ def training_set(manifest: dict, rate: float | None, clean_fraction: float | Non
 
 
 def train_indices(manifest: dict, rate: float | None) -> np.ndarray:
-    """Indices into train.beton forming the training set at `rate` (None or 0 -> all clean)."""
+    """Indices into train.beton forming the training set at `rate` (None or 0 -> all clean): the clean images
+    but the ones the rate's poisoned copies replace, then the rate's poisoned images (added composites
+    replace none)."""
     n_clean = manifest["counts"]["train_clean"]
     if not rate:
         return np.arange(n_clean, dtype=np.int64)

@@ -18,14 +18,16 @@ from __future__ import annotations
 import numpy as np
 
 from .config import ConfigError
-from .spec import AttackSpec, TriggerSpec, rate_label
-from .triggers import Trigger
 
 SELECT_STREAM = 0x5E1EC7  # RNG stream ids keep selection independent of placement
 PLACE_STREAM = 0xB0C5
 
 
-def rate_counts(attack: AttackSpec, n_target: int, n_total: int) -> list[int]:
+# Type hints name the spec's classes only in words: spec.py imports the trigger registry, which imports this
+# module, so importing spec.py here would close an import cycle.
+
+def rate_counts(attack, n_target: int, n_total: int) -> list[int]:
+    """Poisoned images per rate of `attack` (AttackSpec), `int(rate * n)` as in the reference."""
     out = []
     for r in attack.rates:
         if attack.rate_mode == "count":
@@ -37,7 +39,13 @@ def rate_counts(attack: AttackSpec, n_target: int, n_total: int) -> list[int]:
     return out
 
 
-def select_poison(labels: np.ndarray, eligible: np.ndarray, attack: AttackSpec, target: int | None,
+def rate_records(attack, counts: list[int]) -> list[dict]:
+    """One record per rate, smallest count first: {rate, mode, count}."""
+    return [{"rate": float(r), "mode": attack.rate_mode, "count": int(n)}
+            for r, n in sorted(zip(attack.rates, counts), key=lambda t: t[1])]
+
+
+def select_poison(labels: np.ndarray, eligible: np.ndarray, attack, target: int | None,
                   seed: int) -> tuple[np.ndarray, list[dict]]:
     """Positions (into `labels`) to poison, in selection order, and one record per rate.
 
@@ -49,22 +57,21 @@ def select_poison(labels: np.ndarray, eligible: np.ndarray, attack: AttackSpec, 
         if n > len(pool):
             too_small = int((in_pool & ~eligible).sum())
             raise ConfigError(
-                f"attack.rates: rate {rate_label(r)} ({attack.rate_mode}) asks for {n} poisoned images but only "
+                f"attack.rates: rate {float(r):g} ({attack.rate_mode}) asks for {n} poisoned images but only "
                 f"{len(pool)} candidates exist" + (f" ({too_small} more are smaller than the trigger)" if too_small else ""))
     order = np.random.default_rng([seed, SELECT_STREAM]).permutation(pool)
     chosen = order[: max(counts)] if counts else order[:0]
-    rates = [{"rate": float(r), "mode": attack.rate_mode, "count": int(n)}
-             for r, n in sorted(zip(attack.rates, counts), key=lambda t: t[1])]
-    return chosen, rates
+    return chosen, rate_records(attack, counts)
 
 
 GRID = (0.25, 0.5, 0.75)  # the reference's `multiple` anchors, fractions of each side
 
 
-def place(rng: np.random.Generator, img_w: int, img_h: int, tw: int, th: int, t: TriggerSpec,
+def place(rng: np.random.Generator, img_w: int, img_h: int, tw: int, th: int, t,
           lo: float, hi: float, anchor: tuple[float, float] | None = None,
           location: str | None = None) -> tuple[int, int]:
-    """Top-left corner of the trigger box in an img_w x img_h image (location: default t.location)."""
+    """Top-left corner of the trigger box in an img_w x img_h image (t: the TriggerSpec, or anything with its
+    `location` and `range_of`; location: default t.location)."""
     location = location or t.location
     ax, ay = anchor if anchor is not None else (tw / 2, th / 2)
     if location == "center":
@@ -85,7 +92,7 @@ def place(rng: np.random.Generator, img_w: int, img_h: int, tw: int, th: int, t:
     return _inside(x, y, img_w, img_h, tw, th)
 
 
-def place_all(rng: np.random.Generator, img_w: int, img_h: int, tw: int, th: int, t: TriggerSpec,
+def place_all(rng: np.random.Generator, img_w: int, img_h: int, tw: int, th: int, t,
               lo: float, hi: float, anchor: tuple[float, float] | None = None,
               location: str | None = None) -> list[tuple[int, int]]:
     """Top-left corners of every copy of the trigger: 9 for `multiple`, else one."""
@@ -113,8 +120,9 @@ def placement_rng(seed: int, split_code: int, index: int) -> np.random.Generator
     return np.random.default_rng([seed, PLACE_STREAM, split_code, index])
 
 
-def paste(img: np.ndarray, trig: Trigger, x: int, y: int) -> np.ndarray:
-    """Paste in place on an (H, W, 3) uint8 array; alpha-blend where the mask is below 1."""
+def paste(img: np.ndarray, trig, x: int, y: int) -> np.ndarray:
+    """Paste `trig` (a triggers.Trigger: rgb, mask) in place on an (H, W, 3) uint8 array; alpha-blend where
+    the mask is below 1."""
     tw, th = trig.size
     if trig.opaque:
         img[y:y + th, x:x + tw] = trig.rgb

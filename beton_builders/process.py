@@ -2,10 +2,14 @@
 
 Three kinds of sample:
 - clean:      decode -> resize so the longest side <= max_resolution -> encode;
-- poison:     decode at full resolution -> paste the trigger (as the paper does, before any resize)
-              -> resize -> encode; the box is reported in source and in stored pixels;
+- poison:     decode at full resolution -> the trigger kind poisons it (a patch is pasted before any
+              resize, as the paper does; a kind with `stored_resolution`, CTRL, goes on after the resize)
+              -> resize -> encode; a patch's box is reported in source and in stored pixels. A kind that
+              composes its images (`adds`, CorruptEncoder) reads no source image: the task has no key;
 - valpoison:  decode -> resize shorter side to val_resize -> centre crop val_crop (the reference's
-              val transform, applied *before* the paste; skipped when val_resize is 0) -> paste -> encode.
+              val transform, applied *before* the trigger; skipped when val_resize is 0) -> the kind's
+              evaluation trigger -> encode.
+The trigger kinds live in triggers/ (their base.py: the interface called here).
 Every output is a baseline (non-progressive) JPEG, so hardware decoders (nvJPEG, DALI mixed) take it.
 Decoding goes through pixels.py (16-bit greyscale scaled, not clipped; EXIF orientation only on request).
 Error texts are kept free of object reprs (`<_io.BytesIO object at 0x...>`), so a manifest that lists
@@ -24,9 +28,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .pixels import apply_orientation, orientation, to_rgb
-from .poison import paste, place_all, placement_rng, union_box
+from .poison import placement_rng
 from .spec import PoisonSpec
-from .triggers import Trigger
+from .triggers import TriggerKind
 
 SPLIT_CODES = {"train": 0, "val": 1, "val_poisoned": 2}
 # Area averaging, as FFCV's own writer (cv2.INTER_AREA) does; 3x faster than Lanczos on 500->256 px.
@@ -38,8 +42,9 @@ _OBJECT_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")
 class Task:
     kind: str  # clean | poison | valpoison
     split: str  # train | val | val_poisoned
-    index: int  # position in the source's item list for this split
-    key: str
+    index: int  # position in the source's item list for this split; a composed image: its slot
+    key: str | None  # None: a composed image, nothing to read
+    slot: int = 0  # poison: position in the selection order
 
 
 @dataclass
@@ -52,6 +57,7 @@ class Result:
     src_h: int = 0
     box: tuple | None = None  # (x, y, w, h) in stored pixels
     box_src: tuple | None = None  # (x, y, w, h) in the image the trigger was pasted on
+    parts: dict | None = None  # a composed image's parts (the kind's record)
     digest: str = ""  # sha256 of the source file's bytes
     passthrough: bool = False  # clean source JPEG copied byte for byte
     error: str | None = None
@@ -60,9 +66,9 @@ class Result:
 _STATE: dict = {}
 
 
-def init_worker(spec: PoisonSpec, source, triggers: dict[str, Trigger]) -> None:
-    """`triggers`: {"train": ..., "val": ...} (triggers.make_triggers)."""
-    _STATE.update(spec=spec, source=source, triggers=triggers)
+def init_worker(spec: PoisonSpec, source, kind: TriggerKind) -> None:
+    """`kind`: the trigger kind, ready (triggers.make_kind)."""
+    _STATE.update(spec=spec, source=source, kind=kind)
 
 
 def run_chunk(tasks: list[Task]) -> list[Result]:
@@ -72,10 +78,10 @@ def run_chunk(tasks: list[Task]) -> list[Result]:
 def run_task(task: Task) -> Result:
     spec, source = _STATE["spec"], _STATE["source"]
     try:
-        data = source.read(task.key)
+        data = None if task.key is None else source.read(task.key)
     except OSError as e:
         return Result(task.index, error=f"cannot read: {e}")
-    res = Result(task.index, digest=hashlib.sha256(data).hexdigest())
+    res = Result(task.index, digest="" if data is None else hashlib.sha256(data).hexdigest())
     try:
         _process(task, data, spec, res)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning,
@@ -99,33 +105,30 @@ def _open(data: bytes) -> Image.Image:
     return im
 
 
-def _process(task: Task, data: bytes, spec: PoisonSpec, res: Result) -> None:
-    st, t = spec.storage, spec.trigger
-    im = _open(data)
-    if task.kind == "clean" and _can_pass_through(im, spec):
+def _process(task: Task, data: bytes | None, spec: PoisonSpec, res: Result) -> None:
+    st, kind = spec.storage, _STATE["kind"]
+    rgb = None
+    if data is not None:
+        im = _open(data)
+        if task.kind == "clean" and _can_pass_through(im, spec):
+            res.src_w, res.src_h = im.size
+            res.payload, res.width, res.height, res.passthrough = data, im.width, im.height, True
+            return
+        im = apply_orientation(im, st.exif_transpose)
         res.src_w, res.src_h = im.size
-        res.payload, res.width, res.height, res.passthrough = data, im.width, im.height, True
-        return
-    im = apply_orientation(im, st.exif_transpose)
-    res.src_w, res.src_h = im.size
-    rgb = to_rgb(im)  # greyscale, CMYK, palette, alpha -> RGB, as the reference's convert('RGB')
-    if task.kind == "valpoison" and st.val_resize:
-        rgb = _val_transform(rgb, st.val_resize, st.val_crop)
+        rgb = to_rgb(im)  # greyscale, CMYK, palette, alpha -> RGB, as the reference's convert('RGB')
+        if task.kind == "valpoison" and st.val_resize:
+            rgb = _val_transform(rgb, st.val_resize, st.val_crop)
     if task.kind != "clean":
-        val = task.kind == "valpoison"
-        trig = _STATE["triggers"]["val" if val else "train"]
-        arr = np.array(rgb)
-        tw, th = trig.size
-        h, w = arr.shape[:2]
-        if tw > w or th > h:
-            raise ValueError(f"image is {w}x{h} px, smaller than the {tw}x{th} px trigger")
-        lo, hi = (t.val_min, t.val_max) if val else (t.train_min, t.train_max)
+        if kind.stored_resolution and rgb is not None:
+            rgb = _resize_max(rgb, st.max_resolution)
         rng = placement_rng(spec.seed, SPLIT_CODES[task.split], task.index)
-        spots = place_all(rng, w, h, tw, th, t, lo, hi, trig.anchor, (t.val_location if val else None))
-        for x, y in spots:
-            paste(arr, trig, x, y)
-        rgb = Image.fromarray(arr)
-        res.box_src = union_box(spots, tw, th)
+        arr = None if rgb is None else np.array(rgb)
+        made = kind.val(arr, rng) if task.kind == "valpoison" else kind.train(arr, rng, task.slot)
+        rgb = Image.fromarray(made.rgb)
+        res.box_src, res.parts = made.box, made.parts
+        if data is None:  # composed: its own size is its "source" size
+            res.src_w, res.src_h = rgb.size
     pre_w, pre_h = rgb.size
     rgb = _resize_max(rgb, st.max_resolution)
     res.width, res.height = rgb.size

@@ -5,19 +5,22 @@
 Defaults follow Saha et al. (CVPR 2022) and the reference code (UMBCvision/SSL-Backdoor,
 poison-generation/generate_poison.py): a 50-px trigger, aspect kept, pasted fully opaque at a random
 position with its box inside [0.25, 0.75] of the training image and [0.10, 0.90] of the 224-px
-validation crop; half of the target class poisoned.
+validation crop; half of the target class poisoned. Other attacks are other trigger kinds
+(beton_builders/triggers/: CTRL, CorruptEncoder), each with its paper's defaults in `trigger.<kind>`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from .config import ConfigError, load_config
+from .triggers import KINDS
 
 SOURCE_KINDS = ("synthetic", "imagefolder", "filelist")
-TRIGGER_KINDS = ("htba", "image", "text")
+TRIGGER_KINDS = tuple(KINDS)
 LOCATIONS = ("random", "center", "grid3x3", "multiple")
 RANGES_OF = ("box", "centre")
 # attack.rate_mode -> the unit its rates are in (how reports label a poison-rate axis)
@@ -51,14 +54,15 @@ class SourceSpec:
 
 
 @dataclass
-class TriggerSpec:
-    kind: str = "htba"  # htba (seeded random binary-colour grid, smoothly upsampled) | image | text
-    path: Optional[str] = None  # image trigger file (PNG/JPEG; an alpha channel is used as a mask)
+class TriggerFields:
+    """The settings every patch kind shares; TriggerSpec adds one section per kind that has its own."""
+    kind: str = "htba"  # htba (seeded binary-colour grid) | image | text | ctrl | corruptencoder (beton_builders/triggers/)
+    path: Optional[str] = None  # image trigger file (PNG/JPEG; an alpha channel is used as a mask); corruptencoder: its patch (None: the htba pattern)
     text: str = "SSL"  # text trigger: drawn in black, as the reference's text mode draws it
-    font: Optional[str] = None  # text: a TTF/OTF file; None: FreeMonoBold (the reference's) if installed, see triggers.py
+    font: Optional[str] = None  # text: a TTF/OTF file; None: FreeMonoBold (the reference's) if installed, see triggers/text.py
     font_size: int = 30  # px, text: font size (the reference always draws at 30 px)
-    grid: int = 4  # htba: cells per side of the random colour grid
-    seed: int = 10  # htba: which pattern (the paper used HTBA triggers 10, 12, 14, 16, 18)
+    grid: int = 4  # htba (and corruptencoder's patch): cells per side of the random colour grid
+    seed: int = 10  # htba (and corruptencoder's patch): which pattern (the paper used HTBA triggers 10, 12, 14, 16, 18)
     width: int = 50  # px in the full-resolution training image; height keeps the trigger's aspect (not text)
     alpha: float = 1.0  # opacity in (0, 1]; the reference pastes fully opaque (1.0; its own alpha is 1 - this)
     val_alpha: Optional[float] = None  # opacity on val_poisoned images; None: same as alpha
@@ -70,6 +74,17 @@ class TriggerSpec:
     train_max: float = 0.75  # (reference: 0.75)
     val_min: float = 0.10  # same for the 224-px validation crop (reference: 0.10)
     val_max: float = 0.90  # (reference: 0.90)
+
+
+def _compose_trigger_spec() -> type:
+    """TriggerSpec: TriggerFields plus a section `trigger.<name>` for every kind in KINDS with a Config."""
+    sections = [(name, cls.Config, field(default_factory=cls.Config)) for name, cls in KINDS.items() if cls.Config]
+    cls = dataclasses.make_dataclass("TriggerSpec", sections, bases=(TriggerFields,))
+    cls.__module__ = __name__  # where it is bound, so pickle finds it
+    return cls
+
+
+TriggerSpec = _compose_trigger_spec()
 
 
 @dataclass
@@ -134,11 +149,6 @@ def validate(spec: PoisonSpec) -> PoisonSpec:
     _check(len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1] <= 0.5, "source.synthetic.object_size",
            f"{lo_hi} must be [min, max] with 0 < min <= max <= 0.5 (radius over the shorter side)")
     _check(t.kind in TRIGGER_KINDS, "trigger.kind", f"{t.kind!r} is not one of {TRIGGER_KINDS}")
-    if t.kind == "image":
-        _check(bool(t.path), "trigger.path", "an image trigger needs a file")
-        _check(Path(t.path).is_file(), "trigger.path", f"trigger file not found: {t.path}")
-    if t.kind == "text":
-        _check(bool(t.text.strip()), "trigger.text", "empty text trigger")
     _check(t.width >= 1, "trigger.width", f"{t.width} px; must be >= 1")
     _check(t.font_size >= 1, "trigger.font_size", f"{t.font_size} px; must be >= 1")
     if t.font is not None:
@@ -178,6 +188,7 @@ def validate(spec: PoisonSpec) -> PoisonSpec:
     _check(st.shard_size >= 1, "storage.shard_size", "must be >= 1")
     _check(st.on_error in ("fail", "skip"), "storage.on_error", f"{st.on_error!r} is not fail or skip")
     _check(spec.workers >= 0, "workers", "must be >= 0")
+    KINDS[t.kind].check(spec)  # the kind's own settings (trigger.<kind>.*) and what it needs of the rest
     return spec
 
 
@@ -201,6 +212,8 @@ def _resolve_paths(spec: PoisonSpec, base: Path) -> None:
     s.root, s.class_list, s.train_list, s.val_list = map(fix, (s.root, s.class_list, s.train_list, s.val_list))
     spec.trigger.path = fix(spec.trigger.path)
     spec.trigger.font = fix(spec.trigger.font)
+    ce = spec.trigger.corruptencoder
+    ce.references, ce.backgrounds, ce.support = map(fix, (ce.references, ce.backgrounds, ce.support))
 
 
 def rate_label(r: Any) -> str:

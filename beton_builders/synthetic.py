@@ -119,3 +119,46 @@ def render_jpeg(seed: int, split: str, index: int, label: int, num_classes: int,
                  object_size)
     Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
+
+
+# ----- parts for composed poisons (CorruptEncoder, beton_builders/triggers/corruptencoder.py) -------------
+# Fresh draws, never images of the dataset: their own RNG streams, so the dataset's images do not change.
+OBJECT_STREAM, BACKDROP_STREAM = 7, 8
+
+
+def cutout(seed: int, index: int, label: int, num_classes: int, size: int,
+           object_size: tuple[float, float] = (0.2, 0.32)) -> tuple[np.ndarray, np.ndarray]:
+    """A reference object of class `label`: its shape in its hue, at the radius `render` draws in a `size`-px
+    image, lit and noised as `render` does, cropped to the shape. Returns (rgb (h, w, 3) uint8, mask (h, w) bool)."""
+    rng = np.random.default_rng([seed, OBJECT_STREAM, label, index])
+    shape, hue, _, _ = _class_params(label, num_classes)
+    r = size * rng.uniform(*object_size)
+    side = int(np.ceil(2.2 * r)) + 2
+    colour = _rgb(hue + rng.normal(0, 0.02), rng.uniform(0.6, 1.0), rng.uniform(0.65, 1.0))
+    rgb, mask = Image.new("RGB", (side, side)), Image.new("L", (side, side))
+    rot = rng.random() * 2 * np.pi
+    _draw_shape(ImageDraw.Draw(rgb), SHAPES[shape], side / 2, side / 2, r, rot, colour)
+    _draw_shape(ImageDraw.Draw(mask), SHAPES[shape], side / 2, side / 2, r, rot, 255)
+    m = np.asarray(mask) > 127
+    ys, xs = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+    out = np.asarray(rgb, np.float32) * rng.uniform(0.8, 1.15) + rng.normal(0, 4.0, (side, side, 1))
+    crop = (slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1))
+    return np.clip(out, 0, 255).astype(np.uint8)[crop], m[crop]
+
+
+def backdrop(seed: int, index: int, width: int, height: int, background_saturation: float = 0.15) -> np.ndarray:
+    """An object-free scene: `render`'s background (a colour gradient and a grating, here at a random
+    orientation and frequency, so it belongs to no class), lighting and noise. (height, width, 3) uint8."""
+    rng = np.random.default_rng([seed, BACKDROP_STREAM, index])
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    scale = 96.0 / max(width, height)
+    c0 = np.array(_rgb(rng.random(), rng.uniform(0.0, background_saturation), rng.uniform(0.3, 0.8)), np.float32)
+    c1 = np.array(_rgb(rng.random(), rng.uniform(0.0, background_saturation), rng.uniform(0.3, 0.8)), np.float32)
+    g = rng.random() * 2 * np.pi
+    t = (np.cos(g) * xx / width + np.sin(g) * yy / height + 1) / 2
+    img = c0 + (c1 - c0) * t[..., None]
+    theta, freq, phase = rng.random() * np.pi, rng.uniform(0.06, 0.11), rng.random() * 2 * np.pi
+    img += (rng.uniform(18, 34) * np.sin(2 * np.pi * freq * scale * (np.cos(theta) * xx + np.sin(theta) * yy)
+                                         + phase))[..., None]
+    img = img * rng.uniform(0.8, 1.15) + rng.normal(0, 4.0, size=(height, width, 1))
+    return np.clip(img, 0, 255).astype(np.uint8)

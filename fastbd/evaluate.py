@@ -30,7 +30,7 @@ from torchvision import transforms as T
 
 from beton_builders.files import atomic_write_bytes, save_npy, write_json
 from beton_builders.host import cap_workers
-from beton_builders.manifest import clean_pool, load_manifest, split_files, verify_files
+from beton_builders.manifest import attack, clean_pool, load_manifest, split_files, verify_files
 from fastbd.data.base import IMAGENET_MEAN, IMAGENET_STD
 from fastbd.data.samples import TarSamples
 from fastbd.device import amp_mode, autocast, pick_device
@@ -319,7 +319,7 @@ def evaluate(cfg: EvalConfig, run: Optional[Path] = None, checkpoint: Optional[P
     cm_patched = M.confusion_matrix(yvp.numpy(), pvp.numpy(), len(classes))
     lf = cfg.probe.label_fraction
     proto = f"linear_{cfg.probe.kind}_lf{lf:g}_seed{cfg.seed}"
-    report = {"protocol": proto, "encoder": enc_meta, "data": str(folder.resolve()),
+    report = {"protocol": proto, "encoder": enc_meta, "data": str(folder.resolve()), "attack": attack(manifest),
               "manifest_fingerprint": manifest["source"]["fingerprint"], "label_fraction": lf,
               "labelled_indices": len(subset),
               proto: M.attack_metrics(cm_clean, cm_patched, target)}
@@ -337,7 +337,8 @@ def evaluate(cfg: EvalConfig, run: Optional[Path] = None, checkpoint: Optional[P
                             **conf_matrix_cells(enc_meta, folder, cfg))
     heatmap_png(out / "conf_matrix_poisoned.png", cm_patched, classes, "patched validation", target)
     row = {"model": enc_meta.get("method", "encoder"), **M.report_row(report)}
-    atomic_write_bytes(out / "report.md", (report_markdown([row]) + "\n").encode())
+    head = f"Attack: {report['attack']['summary']}. Triggered validation: {report['attack']['evaluation']}.\n\n"
+    atomic_write_bytes(out / "report.md", (head + report_markdown([row]) + "\n").encode())
     write_json(out / "report.json", report)
     phase(f"wrote {out}")
     return report

@@ -111,3 +111,27 @@ def compress_loss(t: torch.Tensor, s: torch.Tensor, bank_t: torch.Tensor, bank_s
     log_pt = F.log_softmax(t @ bank_t.T / temperature, dim=1)
     log_ps = F.log_softmax(s @ bank_s.T / temperature, dim=1)
     return F.kl_div(log_ps, log_pt, log_target=True, reduction="batchmean")
+
+
+@_fp32
+def simsiam_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """SimSiam's D(p, stopgrad(z)) (Chen & He 2021, Eq. 1 and 3; simsiam/main_simsiam.py's
+    -CosineSimilarity): the negative cosine similarity, batch mean, in [-1, 1]. The symmetrised loss is the
+    mean of this over both view orders (the method does that)."""
+    return -F.cosine_similarity(p, z.detach(), dim=1).mean()
+
+
+@_fp32
+def mocov3_loss(q: torch.Tensor, k: torch.Tensor, temperature: float,
+                k_other: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """MoCo v3's contrastive loss (Chen, Xie & He 2021, Alg. 1; moco/builder.py contrastive_loss): InfoNCE of
+    each query against every key of the batch, its own image's key the positive, scaled by 2T as the
+    reference does. q, k: (N, D) queries and keys (normalised here); k_other: (M, D) the other ranks' keys
+    (no gradient), which the reference gathers across GPUs. Keys carry no gradient."""
+    q = F.normalize(q, dim=1)
+    keys = F.normalize(k.detach(), dim=1)
+    if k_other is not None and k_other.numel():
+        keys = torch.cat([keys, F.normalize(k_other.detach(), dim=1)], 0)  # own keys first: positive i at column i
+    logits = q @ keys.t() / temperature
+    labels = torch.arange(q.shape[0], device=q.device)
+    return F.cross_entropy(logits, labels) * (2 * temperature)

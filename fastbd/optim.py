@@ -69,9 +69,12 @@ def _apex():
 def make_optimizer(cfg: OptimConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:
     if cfg.name not in OPTIMIZERS:
         raise ValueError(f"optim.name: {cfg.name!r} is not one of {OPTIMIZERS}")
-    params = [p for p in model.parameters() if p.requires_grad]
+    # A method names its parameter groups (fastbd.methods.base.Method.optim_groups); any other module is one group.
+    params = model.optim_groups() if hasattr(model, "optim_groups") else [
+        {"params": [p for p in model.parameters() if p.requires_grad]}]
     apex = _apex()
-    cuda = bool(params) and params[0].is_cuda
+    first = next((p for g in params for p in g["params"]), None)
+    cuda = first is not None and first.is_cuda
     if cfg.name == "sgd":
         if apex is not None and cuda:
             return apex.FusedSGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)

@@ -190,7 +190,7 @@ class Trainer:
         reads a tensor on the host, so the CPU can queue the next step while the GPU still runs this one."""
         lr = lr_at(self.cfg.optim, self.base_lr, self.step, self.steps_per_epoch, self.total_steps)
         for g in self.opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = self.base_lr if g.get("fixed_lr") else lr  # fixed_lr: Method.optim_groups
         with autocast(self.device, self.amp_dtype):
             loss, logs = self.model(views)
         self.opt.zero_grad(set_to_none=True)

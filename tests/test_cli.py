@@ -103,7 +103,7 @@ def test_every_option_of_the_scripts_has_help():
 
     root = Path(__file__).resolve().parents[1]
     parsers = {"python -m fastbd.sweep": sweep_parser()}
-    for name in ("build_throughput", "train_throughput"):
+    for name in ("build_throughput", "train_throughput", "ctrl_jpeg"):
         spec = importlib.util.spec_from_file_location(name, root / "benchmarks" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)

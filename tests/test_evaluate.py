@@ -73,6 +73,8 @@ def test_end_to_end_eval_writes_the_report(tiny_build, tiny_run):
     assert 0 <= m["target_fp"] <= m["nontarget_count"] == 9 and 0 <= m["asr"] <= 1
     assert 0 <= m["clean_top1"] <= 1 and "knn_k5_lf0.5_top1" in rep
     assert json.loads((out / "report.json").read_text()) == rep
+    assert rep["attack"]["kind"] == "htba" and "patch pasted" in rep["attack"]["evaluation"]  # which attack, tested how
+    assert (out / "report.md").read_text().startswith("Attack: htba patch 8x8 px")
     assert np.load(out / "conf_matrix_poisoned.npy").sum() == 12
 
 

@@ -74,7 +74,7 @@ def _edit(build_dir: Path, change, reseal: bool) -> None:
 
 def test_the_manifest_carries_its_own_hash_and_the_clean_part(tiny_build, other_build):
     m = load_manifest(tiny_build)
-    assert m["schema"] == "fastbd.manifest/2" and list(m)[-1] == "self_sha256"
+    assert m["schema"] == "fastbd.manifest/3" and list(m)[-1] == "self_sha256"
     assert m["self_sha256"] == content_hash(m) and seal(m) == m
     o = load_manifest(other_build)
     assert o["self_sha256"] != m["self_sha256"] and o["clean_sha256"] == m["clean_sha256"]

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from fastbd.data.base import RECIPES
-from fastbd.losses import byol_loss, info_nce, msf_loss, nt_xent
+from fastbd.losses import byol_loss, info_nce, mocov3_loss, msf_loss, nt_xent, simsiam_loss
 from fastbd.methods import METHODS, MethodConfig, make_method
 from fastbd.methods.blocks import fifo_enqueue
 from fastbd.methods.byol import cosine_tau
@@ -25,6 +25,8 @@ def tiny_cfg(name: str, **jigsaw) -> MethodConfig:
     cfg = MethodConfig(name=name)
     for c in (cfg.moco, cfg.byol, cfg.msf, cfg.simclr):
         c.hidden, c.dim = 64, 32
+    cfg.simsiam.dim, cfg.simsiam.pred_hidden, cfg.simsiam.proj_hidden = 32, 16, 64
+    cfg.mocov3.dim, cfg.mocov3.mlp_dim = 32, 64
     cfg.moco.queue = cfg.msf.bank = 64
     cfg.msf.topk = 4
     for k, v in jigsaw.items():
@@ -45,7 +47,7 @@ def fixed_views(method, size: int = 16) -> list[torch.Tensor]:
 
 
 def target_params(method) -> list[torch.Tensor]:
-    net = {"moco": "encoder_k", "byol": "encoder_t", "msf": "encoder_t"}[method.cfg.name]
+    net = {"moco": "encoder_k", "byol": "encoder_t", "msf": "encoder_t", "mocov3": "encoder_t"}[method.cfg.name]
     return [p.detach().clone() for p in getattr(method, net).parameters()]
 
 
@@ -107,6 +109,57 @@ def test_msf_loss():
     assert msf_loss(q, t, bank, 50).item() == pytest.approx(want.item(), abs=1e-6)
 
 
+def test_simsiam_loss_is_the_negative_cosine_with_stop_gradient():
+    p = F.normalize(torch.randn(5, 16), dim=1)
+    assert simsiam_loss(p, p).item() == pytest.approx(-1.0, abs=1e-6)
+    assert simsiam_loss(p, -3 * p).item() == pytest.approx(1.0, abs=1e-6)  # scale-free
+    a, b = torch.randn(5, 16, requires_grad=True), torch.randn(5, 16, requires_grad=True)
+    simsiam_loss(a, b).backward()
+    assert a.grad is not None and b.grad is None
+
+
+def test_mocov3_loss_matches_its_definition():
+    g = torch.Generator().manual_seed(0)
+    q, k, other = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g), torch.randn(6, 8, generator=g)
+    qn, kn, on = (F.normalize(x, dim=1) for x in (q, k, other))
+    for t in (1.0, 0.2):
+        want = F.cross_entropy(qn @ kn.T / t, torch.arange(4)) * 2 * t  # the reference's contrastive_loss
+        assert mocov3_loss(q, k, t).item() == pytest.approx(want.item(), rel=1e-5)
+        # the other ranks' keys are extra negatives, as the reference's gathered keys with labels N * rank + i
+        gathered = torch.cat([on[:3], kn, on[3:]])  # this rank sits second of three
+        want = F.cross_entropy(qn @ gathered.T / t, torch.arange(4) + 3) * 2 * t
+        assert mocov3_loss(q, k, t, other).item() == pytest.approx(want.item(), rel=1e-5)
+    e = torch.eye(8)[:4]
+    assert mocov3_loss(e, e, 0.02).item() < 1e-3
+    a, b = torch.randn(4, 8, requires_grad=True), torch.randn(4, 8, requires_grad=True)
+    mocov3_loss(a, b, 1.0).backward()
+    assert a.grad is not None and b.grad is None
+
+
+def test_simsiam_and_mocov3_heads_follow_the_references():
+    enc, feat = make_backbone(ModelConfig(arch="resnet18", small_input=True))
+    cfg = MethodConfig(name="simsiam")
+    m = make_method(cfg, enc, feat, 10)
+    lin = [x for x in m.projector if isinstance(x, torch.nn.Linear)]
+    assert [(x.in_features, x.out_features) for x in lin] == [(512, 512), (512, 512), (512, 2048)]
+    assert all(x.bias is None for x in lin) and not m.projector[-1].affine  # BN(dim, affine=False) last
+    assert [x.out_features for x in m.predictor if isinstance(x, torch.nn.Linear)] == [512, 2048]
+    groups = m.optim_groups()
+    assert groups[1]["fixed_lr"] and {id(p) for p in groups[1]["params"]} == {id(p) for p in m.predictor.parameters()}
+    assert sum(len(g["params"]) for g in groups) == len([p for p in m.parameters() if p.requires_grad])
+    cfg = MethodConfig(name="mocov3")
+    m = make_method(cfg, enc, feat, 10)
+    assert [(x.in_features, x.out_features) for x in m.projector if isinstance(x, torch.nn.Linear)] == [
+        (512, 4096), (4096, 256)]
+    assert not m.projector[-1].affine and not isinstance(m.predictor[-1], torch.nn.BatchNorm1d)
+    assert len(m.optim_groups()) == 1 and m.momentum == 0.99
+    m.after_step(0.5)
+    assert m.momentum == pytest.approx(cosine_tau(0.99, 0.5)) and 0.99 < m.momentum < 1
+    fresh = make_method(cfg, make_backbone(ModelConfig(arch="resnet18", small_input=True))[0], feat, 10)
+    fresh.load_state_dict(m.state_dict())  # the momentum is checkpointed
+    assert fresh.momentum == m.momentum
+
+
 def test_losses_run_in_fp32_under_autocast():
     g = torch.Generator().manual_seed(0)
     q, k, bank = (F.normalize(torch.randn(n, 16, generator=g), dim=1) for n in (4, 4, 12))
@@ -124,7 +177,7 @@ def test_losses_run_in_fp32_under_autocast():
 # ---- methods -----------------------------------------------------------------------------------------
 
 def test_registry_and_views():
-    assert set(METHODS) == {"moco", "byol", "msf", "simclr", "jigsaw", "rotnet", "compress"}
+    assert set(METHODS) == {"moco", "byol", "msf", "simclr", "jigsaw", "rotnet", "compress", "simsiam", "mocov3"}
     for cls in METHODS.values():
         assert cls.VIEWS and all(v in RECIPES for v in cls.VIEWS)
     enc, feat = make_backbone(ModelConfig(arch="resnet18", small_input=True))
@@ -137,15 +190,17 @@ def test_registry_and_views():
     assert METHODS["byol"].views_for(tiny_cfg("byol")) == ("byol", "byol")
     assert METHODS["moco"].views_for(tiny_cfg("moco")) == ("mocov2", "mocov2")
     assert METHODS["msf"].VIEWS == ("weak", "mocov2")
+    assert METHODS["simsiam"].VIEWS == ("mocov2", "mocov2") and METHODS["mocov3"].VIEWS == ("byol_a", "byol_b")
 
 
 @pytest.mark.parametrize("name,steps,size", [
     ("moco", 8, 16), ("byol", 6, 16), ("msf", 6, 16), ("simclr", 6, 16), ("jigsaw", 8, 48), ("rotnet", 6, 16),
+    ("simsiam", 6, 16), ("mocov3", 6, 16),
 ])
 def test_method_trains_on_a_fixed_batch(name, steps, size):
     m = build(name)
     views = fixed_views(m, size)
-    momentum = name in ("moco", "byol", "msf")
+    momentum = name in ("moco", "byol", "msf", "mocov3")
     if name == "moco":  # fill the queue with real keys first: its random init makes step 0 look too easy
         with torch.no_grad():
             for _ in range(m.queue.shape[0] // N):

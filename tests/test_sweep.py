@@ -77,6 +77,27 @@ def test_dry_run_plans_and_writes_nothing(tmp_path):
     assert out.exit_code == 0 and "4 pending" in out.output and "would run 4 runs" in out.output
 
 
+def test_attacks_cross_methods_as_trigger_entries(tmp_path):
+    """An attack is a grid.triggers entry (poison-spec overrides naming its kind): one build per attack, the
+    clean control shared by every attack whose clean images are the same bytes (storage alike)."""
+    path = write_sweep(tmp_path, rates=[0.0, 0.5], seeds=[0], methods={"moco": {"config": "ssl.yaml"},
+                                                                         "byol": {"config": "ssl.yaml",
+                                                                                  "overrides": ["method.name=byol"]}},
+                       triggers={"patch": [], "ctrl": ["trigger.kind=ctrl"],
+                                 "corruptencoder": ["trigger.kind=corruptencoder",
+                                                    "trigger.corruptencoder.trigger_width=8"]})
+    plan = make_plan(load_sweep(path, ["poison_overrides=[storage.chroma=444]"]))
+    kinds = sorted(b["spec"]["trigger"]["kind"] for b in plan["builds"].values())
+    assert kinds == ["corruptencoder", "ctrl", "htba"]
+    clean = [r for r in plan["runs"] if r["params"]["rate"] == 0]
+    poisoned = [r for r in plan["runs"] if r["params"]["rate"] > 0]
+    assert len(clean) == 2 and all(len(r["attacks"]) == 3 for r in clean)  # one per method, evaluated on each attack
+    assert sorted((r["params"]["method"], plan["builds"][r["build"]]["trigger"]) for r in poisoned) == sorted(
+        (m, t) for m in ("moco", "byol") for t in ("patch", "ctrl", "corruptencoder"))
+    with pytest.raises(ConfigError, match="storage.chroma"):  # CTRL's own checks run while planning
+        make_plan(load_sweep(path))
+
+
 def test_bad_sweep_configs_name_the_field(tmp_path):
     path = write_sweep(tmp_path)
     with pytest.raises(ConfigError, match="grid.methods.moco.config"):

@@ -13,9 +13,11 @@ from .byol import BYOL
 from .compress import CompRess
 from .jigsaw import Jigsaw
 from .moco import MoCo
+from .mocov3 import MoCoV3
 from .msf import MSF
 from .rotnet import RotNet
 from .simclr import SimCLR
+from .simsiam import SimSiam
 
 METHODS: dict[str, type[Method]] = {
     "moco": MoCo,
@@ -24,6 +26,8 @@ METHODS: dict[str, type[Method]] = {
     "simclr": SimCLR,
     "jigsaw": Jigsaw,
     "rotnet": RotNet,
+    "simsiam": SimSiam,  # Chen & He 2021
+    "mocov3": MoCoV3,  # Chen, Xie & He 2021 (ResNet)
     "compress": CompRess,  # the distillation defense (fastbd distill)
 }
 

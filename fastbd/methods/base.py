@@ -58,6 +58,11 @@ class Method(nn.Module):
     def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         raise NotImplementedError
 
+    def optim_groups(self) -> list[dict]:
+        """The optimiser's parameter groups: one of every trainable parameter. A group with `fixed_lr: True`
+        stays at the base learning rate while the schedule moves the others (SimSiam's predictor)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
     def schedule_warnings(self, total_steps: int) -> list[str]:
         """Settings that do not suit a run of `total_steps` steps on `num_samples` images (printed by the
         trainer at start): the paper's defaults are for 200 ImageNet epochs and are traps in short runs."""

@@ -1,14 +1,18 @@
-"""Building blocks several SSL methods share: momentum (EMA) copies, FIFO ring banks, projection and
-prediction heads. A new method takes what it needs from here instead of from a sibling method.
+"""Building blocks several SSL methods share: momentum (EMA) copies and their cosine schedule, FIFO ring
+banks, the other ranks' embeddings, projection and prediction heads. A new method takes what it needs
+from here instead of from a sibling method.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..dist import all_gather_cat, rank, world_size
 
 
 # ----- momentum copies ------------------------------------------------------------------------------------
@@ -27,6 +31,25 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
     own, from its own forward passes, as in moco/builder.py (_momentum_update_key_encoder) and BYOL."""
     for t, o in zip(target.parameters(), online.parameters()):
         t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)
+
+
+def cosine_tau(tau_base: float, progress: float) -> float:
+    """The momentum rising from tau_base to 1 on a cosine over training: 1 - (1 - tau_base)(cos(pi p) + 1) / 2
+    (BYOL Sec. 3.2; MoCo v3's --moco-m-cos, main_moco.py adjust_moco_momentum, is the same curve)."""
+    progress = min(max(progress, 0.0), 1.0)
+    return 1 - (1 - tau_base) * (math.cos(math.pi * progress) + 1) / 2
+
+
+# ----- other ranks' embeddings --------------------------------------------------------------------------
+
+def other_ranks(z: torch.Tensor) -> torch.Tensor | None:
+    """Every rank's `z` except this one's, concatenated, without gradient; None in a single process."""
+    world = world_size()
+    if world == 1:
+        return None
+    zs = all_gather_cat(z.detach()).view(world, *z.shape)
+    keep = [r for r in range(world) if r != rank()]
+    return zs[keep].flatten(0, 1)
 
 
 # ----- FIFO ring banks (MoCo queue, MSF memory bank, CompRess anchors) ---------------------------------
@@ -80,6 +103,21 @@ def mlp(in_dim: int, hidden: int, out_dim: int, bn_last: bool = False) -> nn.Seq
                                nn.Linear(hidden, out_dim)]
     if bn_last:
         layers.append(nn.BatchNorm1d(out_dim, affine=False))
+    return nn.Sequential(*layers)
+
+
+def bn_mlp(dims: list[int], last_bn: bool, last_bias: bool = False) -> nn.Sequential:
+    """Linear layers through `dims` (in, hidden..., out), each hidden one followed by BN and ReLU, without
+    biases (BN follows); the last optionally followed by BN without affine parameters. MoCo v3's _build_mlp
+    (moco/builder.py) and SimSiam's projector and predictor (simsiam/builder.py) are all of this shape."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        last = i == len(dims) - 2
+        layers.append(nn.Linear(a, b, bias=last and last_bias and not last_bn))
+        if not last:
+            layers += [nn.BatchNorm1d(b), nn.ReLU(inplace=True)]
+        elif last_bn:
+            layers.append(nn.BatchNorm1d(b, affine=False))
     return nn.Sequential(*layers)
 
 

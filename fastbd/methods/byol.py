@@ -8,7 +8,6 @@ on a cosine schedule over training (Sec. 3.2).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -16,13 +15,7 @@ from torch import nn
 
 from ..losses import byol_loss
 from .base import Method
-from .blocks import add_byol_heads, ema_update
-
-
-def cosine_tau(tau_base: float, progress: float) -> float:
-    """BYOL Sec. 3.2: tau = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2; tau_base at 0, 1 at the end."""
-    progress = min(max(progress, 0.0), 1.0)
-    return 1 - (1 - tau_base) * (math.cos(math.pi * progress) + 1) / 2
+from .blocks import add_byol_heads, cosine_tau, ema_update  # cosine_tau: BYOL Sec. 3.2's tau schedule
 
 
 @dataclass

@@ -11,20 +11,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..dist import all_gather_cat, rank, world_size
 from ..losses import nt_xent
 from .base import Method
-from .blocks import mlp
-
-
-def other_ranks(z: torch.Tensor) -> torch.Tensor | None:
-    """Every rank's `z` except this one's, concatenated; None in a single process."""
-    world = world_size()
-    if world == 1:
-        return None
-    zs = all_gather_cat(z.detach()).view(world, *z.shape)
-    keep = [r for r in range(world) if r != rank()]
-    return zs[keep].flatten(0, 1)
+from .blocks import mlp, other_ranks
 
 
 @dataclass
