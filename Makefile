@@ -1,5 +1,5 @@
 # Quickstart targets. Both run scripts/setup.sh first (idempotent: a stamp skips it once done).
-.PHONY: setup demo sweep-demo test bench
+.PHONY: setup demo sweep-demo effect test bench
 PY := .venv/bin/python
 
 setup:
@@ -19,6 +19,11 @@ demo: setup
 
 sweep-demo: setup
 	.venv/bin/fastbd sweep --config configs/sweeps/demo.yaml
+
+# The backdoor measured on the CPU: poisoned vs clean MoCo v2 and BYOL, two seeds, probe, kNN, distillation.
+effect: setup
+	.venv/bin/fastbd sweep --config configs/repro/effect.yaml
+	cat sweeps/effect/summary.md
 
 test: setup
 	$(PY) -m pytest -q
