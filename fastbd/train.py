@@ -47,6 +47,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on cuda, off on cpu) | bf16 | fp16 | none
     channels_last: bool = True  # NHWC memory format for the convolutions (faster on tensor cores)
     compile: bool = False  # torch.compile the method (slow first steps, faster after)
+    compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune-no-cudagraphs
     sync_bn: bool = True  # under DDP on GPUs: SyncBatchNorm (not for MoCo while method.moco.shuffle_bn is on)
     ckpt_every: int = 1  # epochs between checkpoints (the last epoch always writes one)
     log_every: int = 20  # steps between metrics.jsonl lines
@@ -57,6 +58,9 @@ class TrainConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)  # a kNN backdoor check every few epochs
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
 
 
 class TrainingDiverged(UserError, RuntimeError):
@@ -107,7 +111,9 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.method, device_ids=ids)
         if cfg.compile:
-            self.model = torch.compile(self.model)
+            if cfg.compile_mode not in COMPILE_MODES:
+                raise ValueError(f"compile_mode: {cfg.compile_mode!r} is not one of {', '.join(COMPILE_MODES)}")
+            self.model = torch.compile(self.model, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
         self.base_lr = cfg.optim.lr * cfg.data.batch_size / 256
         self.opt = make_optimizer(cfg.optim, self.method, self.base_lr)
         self.amp_dtype, fp16 = amp_mode(cfg.amp, self.device)
@@ -187,7 +193,9 @@ class Trainer:
 
     def _train_step(self, views: list[torch.Tensor]) -> tuple[float, torch.Tensor, dict]:
         """One optimizer step; returns (lr, the loss as a device tensor, the method's logs). Nothing here
-        reads a tensor on the host, so the CPU can queue the next step while the GPU still runs this one."""
+        reads a tensor on the host, so the CPU can queue the next step while the GPU still runs this one;
+        except under amp=fp16, whose GradScaler reads its inf check before stepping (bf16, the GPU default,
+        needs no scaler)."""
         lr = lr_at(self.cfg.optim, self.base_lr, self.step, self.steps_per_epoch, self.total_steps)
         for g in self.opt.param_groups:
             g["lr"] = self.base_lr if g.get("fixed_lr") else lr  # fixed_lr: Method.optim_groups

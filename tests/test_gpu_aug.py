@@ -1,5 +1,7 @@
-"""Device augmentation: the exact path follows torchvision, the linear path equals it where nothing clips."""
+"""Device augmentation: the exact path follows torchvision, the linear path equals it where nothing clips;
+neither reads the device nor copies constants to it per batch; the compiled stages match eager ones."""
 
+from contextlib import contextmanager
 from dataclasses import replace
 
 import pytest
@@ -8,6 +10,8 @@ from torchvision.transforms import functional as TF
 
 from fastbd.data import gpu_aug as G
 from fastbd.data.base import RECIPES, Recipe
+
+from conftest import no_host_sync
 
 
 def _batch(lo=0.3, hi=0.6, n=16, res=24, seed=0):
@@ -72,3 +76,65 @@ def test_auto_picks_exact_on_gpus_and_linear_on_the_cpu():
     assert aug_impl("exact", torch.device("cpu")) == "exact"
     with pytest.raises(ValueError, match="data.aug_impl"):
         aug_impl("hsv", torch.device("cpu"))
+
+
+@contextmanager
+def no_constants_to_device():
+    """torch.tensor / as_tensor from host data raise inside: on a GPU each is a blocking copy that waits for
+    the device's queue. (The module's constants are made once, on first use, outside this.)"""
+    saved = torch.tensor, torch.as_tensor
+
+    def trap(*args, **kwargs):
+        raise AssertionError("a host-to-device copy inside the augmentation")
+
+    torch.tensor = torch.as_tensor = trap
+    try:
+        yield
+    finally:
+        torch.tensor, torch.as_tensor = saved
+
+
+def test_augmentation_never_reads_the_device():
+    """No .item()/.tolist()/bool() of a tensor (the jitter order is drawn on the host, the blur radius is the
+    recipe's bound) and no constant copied from the host per batch, on both implementations."""
+    x = _batch(0.1, 0.9)
+    recipes = [RECIPES["mocov2"], RECIPES["byol_b"]]  # blur, jitter, grey; solarize
+    for impl in G.IMPLS:
+        G.augment_views([x, x], recipes, torch.device("cpu"), 0, 0, 0, impl)  # first use makes the constants
+        with no_host_sync(), no_constants_to_device():
+            out = G.augment_views([x, x], recipes, torch.device("cpu"), 0, 0, 1, impl)
+        assert all(v.shape == x.shape and torch.isfinite(v).all() for v in out)
+
+
+def test_augment_views_is_a_pure_function_of_seed_epoch_and_step():
+    x = _batch(0.1, 0.9)
+    recipes = [RECIPES["mocov2"]] * 2
+    cpu = torch.device("cpu")
+    a = G.augment_views([x, x], recipes, cpu, 1, 2, 3)
+    assert all(torch.equal(u, v) for u, v in zip(a, G.augment_views([x, x], recipes, cpu, 1, 2, 3)))
+    assert not torch.equal(a[0], a[1])  # the views draw in turn from one step's generators
+    for other in ((0, 2, 3), (1, 1, 3), (1, 2, 4)):
+        assert not torch.equal(a[0], G.augment_views([x, x], recipes, cpu, *other)[0]), other
+
+
+def test_the_blur_radius_is_the_recipes_bound():
+    """A training step passes the radius (3 x the recipe's largest sigma); a wider kernel than the batch needs
+    changes the result only by the Gaussian's far tail."""
+    x = torch.rand(4, 3, 40, 40, generator=torch.Generator().manual_seed(0))
+    sigma = torch.tensor([0.3, 0.8, 1.2, 1.6])
+    wide, tight = G.gaussian_blur(x, sigma, radius=6), G.gaussian_blur(x, sigma)
+    assert torch.allclose(wide, tight, atol=2e-3)
+    assert not torch.allclose(wide, x, atol=1e-2)
+
+
+@pytest.mark.slow
+def test_compiled_augmentation_matches_eager():
+    """data.compile_aug: each pixel stage through torch.compile gives eager's pixels to float rounding."""
+    x = _batch(0.1, 0.9, n=8)
+    recipes = [RECIPES["mocov2"], RECIPES["byol_b"]]
+    for impl in G.IMPLS:
+        eager = G.augment_views([x, x], recipes, torch.device("cpu"), 0, 0, 0, impl)
+        comp = G.augment_views([x, x], recipes, torch.device("cpu"), 0, 0, 0, impl, compiled=True)
+        for a, b in zip(eager, comp):
+            assert b.is_contiguous(memory_format=torch.channels_last)
+            assert torch.allclose(a, b, atol=1e-4), (impl, (a - b).abs().max())

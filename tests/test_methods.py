@@ -205,6 +205,7 @@ def test_method_trains_on_a_fixed_batch(name, steps, size):
         with torch.no_grad():
             for _ in range(m.queue.shape[0] // N):
                 m(views)
+                m.after_step(0.0)  # the keys go into the queue after the step
     before = target_params(m) if momentum else None
     opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-3)
     losses = []
@@ -237,6 +238,7 @@ def test_moco_queue_capped_pointer_advances_and_wraps():
     for _ in range(3):
         with torch.no_grad():
             m(views)
+        m.after_step(0.0)  # where the keys are enqueued, after backward
         ptrs.append(int(m.queue_ptr))
     assert ptrs == [8, 16, 4]
     buf, ptr = torch.zeros(5, 2), torch.tensor(3)

@@ -139,6 +139,48 @@ def test_the_step_never_waits_for_the_device_between_log_steps(tiny_build, tmp_p
     assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == [0, 1]
 
 
+@pytest.mark.slow
+def test_the_compiled_step_gives_the_eager_losses(tiny_build, tmp_path):
+    """compile=true (torch.compile of the method's forward and backward) on the same views: the first loss
+    to float rounding, the next ones (after compiled updates of the weights, the EMA key encoder and the
+    queue) to 1%; the whole first update agrees to 1% of its norm."""
+    g = torch.Generator().manual_seed(0)
+    views = [[torch.randn(16, 3, 32, 32, generator=g).contiguous(memory_format=torch.channels_last)
+              for _ in range(2)] for _ in range(3)]
+    runs = []
+    for name, extra in (("eager", []), ("compiled", ["compile=true"])):
+        t = Trainer(cfg_for(tiny_build, tmp_path / name, *extra))
+        t.method.train()
+        before = torch.cat([p.detach().flatten().clone() for p in t.method.parameters()])
+        losses = [t._train_step(views[0])[1]]
+        update = torch.cat([p.detach().flatten() for p in t.method.parameters()]) - before
+        losses += [t._train_step(v)[1] for v in views[1:]]
+        runs.append(([float(x) for x in losses], update))
+    (eager, du_e), (comp, du_c) = runs
+    assert comp[0] == pytest.approx(eager[0], rel=1e-5)
+    assert comp == pytest.approx(eager, rel=1e-2)
+    assert (du_c - du_e).norm() < 1e-2 * du_e.norm()
+    with pytest.raises(ValueError, match="compile_mode"):
+        Trainer(cfg_for(tiny_build, tmp_path / "bad", "compile=true", "compile_mode=fastest"))
+
+
+@pytest.mark.parametrize("backend", ["ffcv", "dali"])
+def test_the_loaders_batches_never_wait_for_the_device(tiny_build, backend):
+    """The ffcv and dali backends' per-batch work (crops in, device augmentation, labels) under the same
+    trap, after the first batch (which makes the augmentation's constants): the host can queue step k+1's
+    augmentation while the device still runs step k."""
+    pytest.importorskip({"ffcv": "ffcv", "dali": "nvidia.dali"}[backend])
+    from fastbd.data import make_loader
+
+    cfg = cfg_for(tiny_build, "unused", f"data.backend={backend}", "method.name=byol").data
+    loader = make_loader(cfg, ["byol", "byol_b"], device=torch.device("cpu"), seed=0)
+    it = iter(loader)
+    next(it)
+    with no_host_sync():
+        batches = [next(it) for _ in range(len(loader) - 1)]
+    assert all(len(b.views) == 2 and b.views[0].shape == (16, 3, 32, 32) for b in batches)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

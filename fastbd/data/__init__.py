@@ -26,7 +26,7 @@ def make_loader(cfg: DataConfig, views: list[str] | tuple[str, ...], *, device: 
     if cfg.backend == "torch":  # PIL does the whole augmentation in worker processes
         from .torch_loader import TorchLoader as cls
     else:
-        args["aug_impl"] = aug_impl(cfg.aug_impl, device)
+        args["aug_impl"], args["compile_aug"] = aug_impl(cfg.aug_impl, device), cfg.compile_aug
         if cfg.backend == "ffcv":
             from .ffcv_loader import FfcvLoader as cls
         else:

@@ -71,6 +71,7 @@ class DataConfig:
     verify_files: bool = True  # check the manifest's sha256 of the files read before training
     allow_other_data: bool = False  # resume on a build whose data changed since the run started, or distil a teacher trained on other data (recorded in meta.json / metrics.jsonl)
     aug_impl: str = "auto"  # ffcv/dali colour jitter + grayscale: exact | linear (one matrix per image) | auto (exact on GPUs, linear on the CPU)
+    compile_aug: bool = False  # ffcv/dali: torch.compile the device augmentation (fused kernels; first batches compile)
     recipes: dict[str, Recipe] = field(default_factory=dict)  # overrides of RECIPES by name
 
 

@@ -10,9 +10,11 @@ Data flow, per step (V = number of views, one recipe each):
       -> V x fn.random_resized_crop  one per view, cut from the same decoded image, res x res, HWC uint8
       -> torch                     copied out of DALI's buffers (feed_ndarray) on the device, as NCHW
       -> fastbd.data.gpu_aug       flip, colour jitter, grayscale, blur, solarize, normalise,
-                                   channels_last: the same code as the ffcv backend, with one generator
-                                   per step, `step_generator(device, seed, epoch, step)`, shared by
-                                   the views in turn (as the ffcv backend draws it)
+                                   channels_last: the same code as the ffcv backend (`augment_views`:
+                                   one device generator and one host Random per step, from (seed,
+                                   epoch, step), shared by the views in turn)
+    labels and indices go to the device through pinned memory, without blocking, so the host never
+    waits for the GPU between steps.
 
 Why `external_source` rather than DALI's own `fn.readers.webdataset`: a poison rate trains on a SUBSET
 of train.beton (an index list from the manifest: clean images minus the replaced ones, plus that
@@ -37,7 +39,7 @@ import numpy as np
 import torch
 
 from .base import Batch, Recipe
-from .gpu_aug import augment, step_generator
+from .gpu_aug import augment_views
 from .samples import EpochOrdered, TarSamples, _walk
 
 DALI_INSTALL = "pip install nvidia-dali-cuda130==2.4.0"
@@ -64,8 +66,8 @@ def derived_seed(*key: int) -> int:
 class DaliLoader(EpochOrdered):
     def __init__(self, folder, indices: np.ndarray, recipes: list[Recipe], res: int, batch: int, workers: int,
                  device: torch.device, seed: int, rank: int = 0, world: int = 1, drop_last: bool = True,
-                 shuffle: bool = True, aug_impl: str = "exact"):
-        self.aug_impl = aug_impl
+                 shuffle: bool = True, aug_impl: str = "exact", compile_aug: bool = False):
+        self.aug_impl, self.compile_aug = aug_impl, compile_aug
         _dali()  # fail at construction, not at the first batch, when DALI is missing
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
@@ -120,6 +122,12 @@ class DaliLoader(EpochOrdered):
         feed_ndarray(tl, out, cuda_stream=torch.cuda.current_stream(self.device))
         return out
 
+    def _host_to_device(self, tl) -> torch.Tensor:
+        """A CPU TensorList (labels, indices) as a tensor on the device; pinned and non-blocking on a GPU,
+        where a plain .to() from pageable memory waits for the device's queue to drain."""
+        t = torch.from_numpy(np.array(tl.as_tensor()))
+        return t.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else t
+
     def __iter__(self):
         epoch, order = self.epoch, self._order()  # fixed for the epoch, even if set_epoch is called mid-way
         steps = self._num_batches(len(order))
@@ -130,11 +138,10 @@ class DaliLoader(EpochOrdered):
         try:
             for step in range(steps):
                 *views, label, index = pipe.run()
-                label = torch.from_numpy(np.array(label.as_tensor())).to(self.device)
-                index = torch.from_numpy(np.array(index.as_tensor())).to(self.device)
-                gen = step_generator(self.device, self.seed, epoch, step)  # as the ffcv backend
-                out = [augment(self._to_torch(tl, feed_ndarray).permute(0, 3, 1, 2), r, gen, self.aug_impl)  # NCHW view of HWC
-                       for tl, r in zip(views, self.recipes)]
+                label, index = (self._host_to_device(t) for t in (label, index))
+                crops = [self._to_torch(tl, feed_ndarray).permute(0, 3, 1, 2) for tl in views]  # NCHW views of HWC
+                out = augment_views(crops, self.recipes, self.device, self.seed, epoch, step, self.aug_impl,
+                                    self.compile_aug)  # as the ffcv backend
                 yield Batch(out, label, index)
         finally:
             del pipe

@@ -16,8 +16,10 @@ whichever thread decodes it -- and reads the epoch at run time from a one-word a
 `set_epoch` needs no recompilation. The order is FFCV's own: `seed + epoch` with `order=RANDOM`, or
 torch's DistributedSampler when world > 1 (rank sharding is FFCV's, so it differs from `epoch_order`).
 
-Flip, colour augmentation and normalisation run afterwards on the device (`gpu_aug.augment`), with one
-generator per step from `step_generator(device, seed, epoch, step)`, shared by the views in turn.
+Flip, colour augmentation and normalisation run afterwards on the device (`gpu_aug.augment_views`), with
+one device generator and one host Random per step, pure functions of (seed, epoch, step), shared by the
+views in turn. The batches reach the device with non-blocking copies (FFCV's ToDevice), so the host queues
+a step's work without waiting for the GPU.
 
 What limits it: JPEG decoding on the CPU (libjpeg-turbo, `workers` numba threads); the crops and the
 resize are cheap next to it. Note that FFCV sets torch's CPU thread count to `workers` as a side effect.
@@ -33,7 +35,7 @@ import numpy as np
 import torch
 
 from .base import Batch, Recipe
-from .gpu_aug import augment, step_generator
+from .gpu_aug import augment_views
 
 try:
     from ffcv.fields.basics import IntDecoder
@@ -169,7 +171,7 @@ class FfcvLoader:
 
     def __init__(self, folder, indices: np.ndarray, recipes: list[Recipe], res: int, batch: int, workers: int,
                  device: torch.device, seed: int, rank: int = 0, world: int = 1, drop_last: bool = True,
-                 shuffle: bool = True, aug_impl: str = "exact"):
+                 shuffle: bool = True, aug_impl: str = "exact", compile_aug: bool = False):
         path = Path(folder) / "train.beton"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no train.beton; is {folder} a build-beton folder?")
@@ -182,7 +184,7 @@ class FfcvLoader:
                                    "with that rank and world size: FFCV shards the samples by it")
         quiet_numba_finalizers()
         self.recipes, self.device, self.seed, self.epoch = list(recipes), torch.device(device), int(seed), 0
-        self.aug_impl = aug_impl
+        self.aug_impl, self.compile_aug = aug_impl, compile_aug
         self.decoder = _MultiCropDecoder(res, [(r.scale_min, r.scale_max) for r in self.recipes], self.seed)
         to_dev = [ToDevice(self.device, non_blocking=True)] if self.device.type == "cuda" else []
         pipelines = {name: None for name in Reader(str(path)).field_names}  # FFCV decodes every field not off
@@ -215,8 +217,8 @@ class FfcvLoader:
                     views, label, index = next(it)
                 except StopIteration:
                     return
-                gen = step_generator(self.device, self.seed, epoch, step)
-                out = [augment(views[:, v].permute(0, 3, 1, 2), self.recipes[v], gen, self.aug_impl) for v in range(n)]
+                out = augment_views([views[:, v].permute(0, 3, 1, 2) for v in range(n)], self.recipes, self.device,
+                                    self.seed, epoch, step, self.aug_impl, self.compile_aug)
                 # label and index are views of FFCV's rotating batch buffers: copy them before handing over
                 yield Batch(out, label.clone(), index.clone())
                 step += 1

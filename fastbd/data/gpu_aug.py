@@ -5,7 +5,15 @@ solarises them on the GPU (or CPU) and normalises, so the CPU only decodes and c
 follow torchvision's definitions (ColorJitter, RandomGrayscale, GaussianBlur with sigma in
 [0.1, 2.0] as MoCo v2's aug-plus, RandomSolarize at 0.5); jitter's four operations run in one random
 order per batch rather than per image (torchvision draws an order per image), a documented
-simplification. Randomness comes from an explicit torch.Generator, so a resumed run repeats it.
+simplification. Randomness comes from an explicit torch.Generator (per-sample draws, on the device)
+and a host-side `random.Random` (the jitter order), both pure functions of (seed, epoch, step)
+(`augment_views`), so a resumed run repeats them.
+
+Nothing here makes the host wait for the device: the jitter order is drawn on the host (a randperm on
+the device read back with .tolist() would stall the CPU until the GPU caught up), the blur's kernel
+radius is the recipe's bound rather than the batch's largest sigma, and constant matrices are put on
+the device once (`torch.tensor(list, device=cuda)` is a blocking copy). tests/test_gpu_aug.py and
+tests/test_train.py check it.
 
 Two implementations of jitter + grayscale (`impl`, `data.aug_impl`):
 - `exact`: the four jitter operations one after another, each clamped to [0, 1] as torchvision does,
@@ -16,11 +24,19 @@ Two implementations of jitter + grayscale (`impl`, `data.aug_impl`):
   same order; it differs from `exact` only where an intermediate result left [0, 1] and in YIQ vs HSV
   hue. On a CPU this is ~10x cheaper at 224 px (benchmarks/train_throughput.py), which is what makes
   the ffcv/dali backends cheaper than PIL there (issue: the CPU path cost 85 core-ms per sample).
+
+`compiled=True` (`data.compile_aug`) runs each pixel stage through torch.compile: eagerly the exact
+path is ~60 full-tensor passes per view, which at 224 px costs a GPU a large share of a ResNet-18 step;
+compiled, each stage fuses into one or two kernels. Stages are compiled one by one (not the whole
+augmentation) so the per-batch jitter order never triggers a recompilation. Compiled results match
+eager ones to float rounding, not bitwise; each mode is deterministic on its own.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import random
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +49,19 @@ _YIQ = ((0.299, 0.587, 0.114), (0.595716, -0.274453, -0.321263), (0.211456, -0.5
 IMPLS = ("exact", "linear")
 
 
+@functools.lru_cache(maxsize=None)
+def _const(name: str, device: torch.device) -> torch.Tensor:
+    """A constant, made once per device (never modified in place). The YIQ inverse is taken here, on the
+    host: torch.linalg.inv on a GPU checks for singularity, which reads the device."""
+    yiq = torch.tensor(_YIQ, dtype=torch.float64)
+    v = {"yiq": lambda: yiq, "yiq_inv": lambda: torch.linalg.inv(yiq),
+         "luma": lambda: torch.tensor(_GREY, dtype=torch.float64),
+         "to_grey": lambda: torch.tensor(_GREY, dtype=torch.float64).expand(3, 3).contiguous(),  # rows: luma
+         "mean": lambda: torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(1, 3, 1, 1),
+         "std": lambda: torch.tensor(IMAGENET_STD, dtype=torch.float64).view(1, 3, 1, 1)}[name]()
+    return v.to(device=device, dtype=torch.float32)
+
+
 def _u(n: int, lo: float, hi: float, gen: torch.Generator, device) -> torch.Tensor:
     return torch.empty(n, device=device).uniform_(lo, hi, generator=gen).view(n, 1, 1, 1)
 
@@ -42,8 +71,8 @@ def _coin(n: int, p: float, gen: torch.Generator, device) -> torch.Tensor:
 
 
 def grey(x: torch.Tensor) -> torch.Tensor:
-    w = torch.tensor(_GREY, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x * w).sum(1, keepdim=True)
+    """(N, 1, H, W) luma, from Python constants (no tensor to copy to the device)."""
+    return x[:, 0:1] * _GREY[0] + x[:, 1:2] * _GREY[1] + x[:, 2:3] * _GREY[2]
 
 
 def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
@@ -64,37 +93,55 @@ def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     return v.unsqueeze(1) - v.unsqueeze(1) * s.unsqueeze(1) * (torch.minimum(k, 4 - k).clamp(0, 1))
 
 
-def color_jitter(x: torch.Tensor, r: Recipe, gen: torch.Generator) -> torch.Tensor:
-    n, dev = x.shape[0], x.device
-    ops = []
-    if r.brightness:
-        f = _u(n, max(0, 1 - r.brightness), 1 + r.brightness, gen, dev)
-        ops.append(lambda t, f=f: (t * f).clamp(0, 1))
-    if r.contrast:
-        f = _u(n, max(0, 1 - r.contrast), 1 + r.contrast, gen, dev)
-        ops.append(lambda t, f=f: ((t - grey(t).mean((2, 3), keepdim=True)) * f
-                                   + grey(t).mean((2, 3), keepdim=True)).clamp(0, 1))
-    if r.saturation:
-        f = _u(n, max(0, 1 - r.saturation), 1 + r.saturation, gen, dev)
-        ops.append(lambda t, f=f: ((t - grey(t)) * f + grey(t)).clamp(0, 1))
-    if r.hue:
-        f = _u(n, -r.hue, r.hue, gen, dev).view(n, 1, 1)
-        ops.append(lambda t, f=f: hsv_to_rgb(_shift_hue(rgb_to_hsv(t), f)))
-    order = torch.randperm(len(ops), generator=gen, device=dev).tolist()
-    for i in order:
-        x = ops[i](x)
-    return x
-
-
 def _shift_hue(hsv: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     h = (hsv[:, 0] + f) % 1.0
     return torch.stack([h, hsv[:, 1], hsv[:, 2]], 1)
 
 
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Separable blur with a per-image sigma (N,), one grouped convolution per axis."""
+# ----- pixel stages: pure functions of tensors, each compiled on its own when compiled=True ---------------
+
+def _to_unit(x: torch.Tensor, flip: torch.Tensor | None) -> torch.Tensor:
+    x = x.float() / 255
+    return x if flip is None else torch.where(flip, x.flip(-1), x)
+
+
+def _brightness(t: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    return (t * f).clamp(0, 1)
+
+
+def _contrast(t: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    m = grey(t).mean((2, 3), keepdim=True)
+    return ((t - m) * f + m).clamp(0, 1)
+
+
+def _saturation(t: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    g = grey(t)
+    return ((t - g) * f + g).clamp(0, 1)
+
+
+def _hue(t: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    return hsv_to_rgb(_shift_hue(rgb_to_hsv(t), f))
+
+
+def _select(x: torch.Tensor, jittered: torch.Tensor | None, jitter: torch.Tensor | None,
+            grey_it: torch.Tensor | None) -> torch.Tensor:
+    if jittered is not None:
+        x = torch.where(jitter, jittered, x)
+    return x if grey_it is None else torch.where(grey_it, grey(x).expand_as(x), x)
+
+
+def _linear(x: torch.Tensor, m: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    n = x.shape[0]
+    return (torch.einsum("nij,njhw->nihw", m, x) + b.view(n, 3, 1, 1)).clamp(0, 1)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int | None = None) -> torch.Tensor:
+    """Separable blur with a per-image sigma (N,), one grouped convolution per axis. `radius` (px) bounds
+    the kernel; None takes 3x the batch's largest sigma, which reads the device: a training step passes
+    the recipe's bound instead (`augment`)."""
     n, c, h, w = x.shape
-    radius = max(1, math.ceil(3 * float(sigma.max())))
+    if radius is None:
+        radius = max(1, math.ceil(3 * float(sigma.max())))
     k = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     kern = torch.exp(-(k.view(1, -1) ** 2) / (2 * sigma.view(-1, 1).to(x.dtype) ** 2))
     kern = (kern / kern.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (n*c, 2r+1)
@@ -109,52 +156,86 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return y.view(n, c, h, w)
 
 
+def _blur_where(x: torch.Tensor, sigma: torch.Tensor, radius: int, blur: torch.Tensor) -> torch.Tensor:
+    return torch.where(blur, gaussian_blur(x, sigma, radius), x)
+
+
+def _finish(x: torch.Tensor, solarize: torch.Tensor | None, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    if solarize is not None:
+        x = torch.where(solarize, torch.where(x >= 0.5, 1 - x, x), x)
+    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+_STAGES = {f.__name__: f for f in (_to_unit, _brightness, _contrast, _saturation, _hue, _select, _linear,
+                                   _blur_where, _finish)}
+_COMPILED: dict[str, object] = {}
+
+
+def _stage(name: str, compiled: bool):
+    if not compiled:
+        return _STAGES[name]
+    if name not in _COMPILED:
+        _COMPILED[name] = torch.compile(_STAGES[name])
+    return _COMPILED[name]
+
+
+# ----- random parameters and the two jitter implementations ----------------------------------------------
+
+def _jitter_draws(n: int, r: Recipe, gen: torch.Generator, dev, host: random.Random) -> list[tuple[str, torch.Tensor]]:
+    """The jitter's (operation, per-image factor) pairs, in this batch's random order."""
+    ops = []
+    if r.brightness:
+        ops.append(("_brightness", _u(n, max(0, 1 - r.brightness), 1 + r.brightness, gen, dev)))
+    if r.contrast:
+        ops.append(("_contrast", _u(n, max(0, 1 - r.contrast), 1 + r.contrast, gen, dev)))
+    if r.saturation:
+        ops.append(("_saturation", _u(n, max(0, 1 - r.saturation), 1 + r.saturation, gen, dev)))
+    if r.hue:
+        ops.append(("_hue", _u(n, -r.hue, r.hue, gen, dev).view(n, 1, 1)))
+    return [ops[i] for i in host.sample(range(len(ops)), len(ops))]
+
+
+def color_jitter(x: torch.Tensor, r: Recipe, gen: torch.Generator, host: random.Random | None = None,
+                 compiled: bool = False) -> torch.Tensor:
+    """The exact jitter of every image (the caller keeps it where its coin says so)."""
+    host = host if host is not None else random.Random(gen.initial_seed())
+    for name, f in _jitter_draws(x.shape[0], r, gen, x.device, host):
+        x = _stage(name, compiled)(x, f)
+    return x
+
+
 def _hue_matrix(f: torch.Tensor) -> torch.Tensor:
     """(n, 3, 3) RGB matrices rotating hue by f turns about the grey axis (YIQ); f (n,) in [-0.5, 0.5]."""
-    t = torch.tensor(_YIQ, device=f.device, dtype=torch.float32)
     a = 2 * math.pi * f.float()
     c, s = torch.cos(a), torch.sin(a)
     rot = torch.zeros(f.shape[0], 3, 3, device=f.device)
     # negative angle in (I, Q): the direction in which HSV hue grows (red -> yellow -> green)
     rot[:, 0, 0], rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = 1, c, s, -s, c
-    return torch.linalg.inv(t) @ rot @ t
+    return _const("yiq_inv", f.device) @ rot @ _const("yiq", f.device)
 
 
-def jitter_matrix(x: torch.Tensor, r: Recipe, gen: torch.Generator,
-                  apply: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def jitter_matrix(x: torch.Tensor, r: Recipe, gen: torch.Generator, apply: torch.Tensor,
+                  host: random.Random | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The `linear` colour jitter as per-image (M (n, 3, 3), b (n, 3)) with x -> M x + b; identity where
     `apply` ((n, 1, 1, 1) bool) is false. Draws the same random numbers, in the same order, as `color_jitter`."""
     n, dev = x.shape[0], x.device
+    host = host if host is not None else random.Random(gen.initial_seed())
     eye = torch.eye(3, device=dev).expand(n, 3, 3)
     m, b = eye.clone(), torch.zeros(n, 3, device=dev)
-    w = torch.tensor(_GREY, device=dev)
+    w = _const("luma", dev)
     mean_rgb = x.mean((2, 3)).unsqueeze(2)  # (n, 3, 1): contrast needs the current image's mean grey
-    ops = []
-    if r.brightness:
-        f = _u(n, max(0, 1 - r.brightness), 1 + r.brightness, gen, dev).view(n, 1, 1)
-        ops.append(lambda m, b, f=f: (f * m, f.view(n, 1) * b))
-    if r.contrast:
-        f = _u(n, max(0, 1 - r.contrast), 1 + r.contrast, gen, dev).view(n, 1, 1)
-
-        def contrast(m, b, f=f):
+    for name, f in _jitter_draws(n, r, gen, dev, host):
+        if name == "_brightness":
+            m, b = f.view(n, 1, 1) * m, f.view(n, 1) * b
+        elif name == "_contrast":
             level = ((m @ mean_rgb).squeeze(2) + b) @ w  # (n,) mean grey of the image as it is now
-            return f * m, f.view(n, 1) * b + ((1 - f.view(n)) * level).view(n, 1)
-        ops.append(contrast)
-    if r.saturation:
-        f = _u(n, max(0, 1 - r.saturation), 1 + r.saturation, gen, dev).view(n, 1, 1)
-        ops.append(lambda m, b, f=f: _left(f * eye + (1 - f) * _to_grey(dev), m, b))
-    if r.hue:
-        f = _u(n, -r.hue, r.hue, gen, dev).view(n)
-        ops.append(lambda m, b, f=f: _left(_hue_matrix(f), m, b))
-    order = torch.randperm(len(ops), generator=gen, device=dev).tolist()
-    for i in order:
-        m, b = ops[i](m, b)
+            m, b = f.view(n, 1, 1) * m, f.view(n, 1) * b + ((1 - f.view(n)) * level).view(n, 1)
+        elif name == "_saturation":
+            f = f.view(n, 1, 1)
+            m, b = _left(f * eye + (1 - f) * _const("to_grey", dev), m, b)
+        else:
+            m, b = _left(_hue_matrix(f.view(n)), m, b)
     return torch.where(apply.view(n, 1, 1), m, eye), torch.where(apply.view(n, 1), b, torch.zeros_like(b))
-
-
-def _to_grey(dev) -> torch.Tensor:
-    """(3, 3): every channel <- the luma."""
-    return torch.ones(3, 1, device=dev) @ torch.tensor(_GREY, device=dev).view(1, 3)
 
 
 def _left(a: torch.Tensor, m: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,37 +243,38 @@ def _left(a: torch.Tensor, m: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tens
     return a @ m, (a @ b.unsqueeze(2)).squeeze(2)
 
 
-def augment(x: torch.Tensor, r: Recipe, gen: torch.Generator, impl: str = "exact") -> torch.Tensor:
-    """uint8 (N, 3, H, W) crops -> augmented, normalised float32 (N, 3, H, W), channels_last."""
+def augment(x: torch.Tensor, r: Recipe, gen: torch.Generator, impl: str = "exact",
+            host: random.Random | None = None, compiled: bool = False) -> torch.Tensor:
+    """uint8 (N, 3, H, W) crops -> augmented, normalised float32 (N, 3, H, W), channels_last.
+
+    `gen` draws the per-image parameters (on x's device); `host` the per-batch jitter order (None: a
+    Random seeded from gen's seed, the same order for every call with that generator)."""
     if impl not in IMPLS:
         raise ValueError(f"data.aug_impl: {impl!r} is not one of {IMPLS} (or auto)")
     n, dev = x.shape[0], x.device
-    x = x.float().div_(255)
-    if r.flip:
-        x = torch.where(_coin(n, r.flip, gen, dev), x.flip(-1), x)
+    host = host if host is not None else random.Random(gen.initial_seed())
+    stage = functools.partial(_stage, compiled=compiled)
+    x = stage("_to_unit")(x, _coin(n, r.flip, gen, dev) if r.flip else None)
     if impl == "linear":  # jitter and grayscale as one matrix per image, one pass, one clamp
         m, b = torch.eye(3, device=dev).expand(n, 3, 3), torch.zeros(n, 3, device=dev)
         if r.jitter_p:
-            m, b = jitter_matrix(x, r, gen, _coin(n, r.jitter_p, gen, dev))
+            m, b = jitter_matrix(x, r, gen, _coin(n, r.jitter_p, gen, dev), host)
         if r.gray_p:
             g = _coin(n, r.gray_p, gen, dev)
-            gm, gb = _left(_to_grey(dev), m, b)
+            gm, gb = _left(_const("to_grey", dev), m, b)
             m, b = torch.where(g.view(n, 1, 1), gm, m), torch.where(g.view(n, 1), gb, b)
-        x = (torch.einsum("nij,njhw->nihw", m, x) + b.view(n, 3, 1, 1)).clamp_(0, 1)
+        x = stage("_linear")(x, m, b)
     else:
-        if r.jitter_p:
-            x = torch.where(_coin(n, r.jitter_p, gen, dev), color_jitter(x, r, gen), x)
-        if r.gray_p:
-            x = torch.where(_coin(n, r.gray_p, gen, dev), grey(x).expand_as(x), x)
+        jitter = _coin(n, r.jitter_p, gen, dev) if r.jitter_p else None
+        jittered = color_jitter(x, r, gen, host, compiled) if r.jitter_p else None
+        x = stage("_select")(x, jittered, jitter, _coin(n, r.gray_p, gen, dev) if r.gray_p else None)
     if r.blur_p:
         scale = x.shape[-1] / 224  # the recipe's sigmas are for 224-px views
         sigma = _u(n, r.blur_sigma_min * scale, r.blur_sigma_max * scale, gen, dev).view(n)
-        x = torch.where(_coin(n, r.blur_p, gen, dev), gaussian_blur(x, sigma), x)
-    if r.solarize_p:
-        x = torch.where(_coin(n, r.solarize_p, gen, dev), torch.where(x >= 0.5, 1 - x, x), x)
-    mean = torch.tensor(IMAGENET_MEAN, device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=dev).view(1, 3, 1, 1)
-    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+        radius = max(1, math.ceil(3 * r.blur_sigma_max * scale))  # fixed by the recipe: no device read
+        x = stage("_blur_where")(x, sigma, radius, _coin(n, r.blur_p, gen, dev))
+    solarize = _coin(n, r.solarize_p, gen, dev) if r.solarize_p else None
+    return stage("_finish")(x, solarize, _const("mean", dev), _const("std", dev))
 
 
 def step_generator(device: torch.device, seed: int, epoch: int, step: int) -> torch.Generator:
@@ -200,3 +282,12 @@ def step_generator(device: torch.device, seed: int, epoch: int, step: int) -> to
     g = torch.Generator(device=device)
     g.manual_seed((seed * 1_000_003 + epoch * 100_003 + step) % (2**63 - 1))
     return g
+
+
+def augment_views(crops, recipes: list[Recipe], device: torch.device, seed: int, epoch: int, step: int,
+                  impl: str = "exact", compiled: bool = False) -> list[torch.Tensor]:
+    """One step's views, as the ffcv and dali backends make them: crop v (uint8 (N, 3, H, W)) augmented
+    with recipe v; one device generator and one host Random per step, shared by the views in turn."""
+    gen = step_generator(device, seed, epoch, step)
+    host = random.Random(gen.initial_seed())
+    return [augment(x, r, gen, impl, host, compiled) for x, r in zip(crops, recipes)]

@@ -4,11 +4,16 @@ A method is a small nn.Module holding the online encoder (the backbone whose wei
 its heads, and any momentum copies, queues or memory banks. The trainer calls:
 
     loss, logs = method(views)            # views: list of (N, 3, H, W) float tensors, one per VIEWS entry
-    method.after_step(progress)           # momentum/EMA updates; progress in [0, 1] over the whole run
+    method.after_step(progress)           # momentum/EMA updates and ring (queue, bank) writes;
+                                          # progress in [0, 1] over the whole run
 
 `loss` is a 0-dim tensor; `logs` maps names to 0-dim device tensors (or plain floats the host already
 knows, like BYOL's tau). Nothing in `forward` may call `.item()` or branch on a tensor: the trainer reads
 the logs only every `log_every` steps, so the step never waits for the GPU (tests/test_train.py).
+Nor may `forward` write a buffer that the loss reads (a MoCo queue, an MSF bank): it keeps the new rows
+and `after_step` writes them, after backward. Under torch.compile an in-place write in the forward reached
+the backward pass (inductor dropped the loss's copy of the queue, so the gradients used the updated one;
+tests/test_train.py compares the compiled step with the eager one).
 
 A new method is one module and one registry line: the module defines its config dataclass (every field
 with its unit in a comment) and a `Method` subclass naming it in `Config`; `METHODS` in
@@ -80,7 +85,7 @@ class Method(nn.Module):
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:
-        """Called after each optimizer step; progress = step / total_steps."""
+        """Called after each optimizer step (after every forward that trains); progress = step / total_steps."""
 
 
 def compose_config(methods: dict[str, type[Method]], default: str) -> type:

@@ -59,6 +59,7 @@ class CompRess(Method):
         # Two aligned banks (row i of both from one image) share one pointer; capped to the clean subset.
         add_ring(self, "bank_t", c.bank, num_samples, t_dim)
         add_ring(self, "bank_s", c.bank, num_samples, c.dim, ptr="bank_ptr")
+        self._new_rows: tuple[torch.Tensor, torch.Tensor] | None = None  # this step's (t, m), for after_step
 
     def teacher_run(self) -> str:
         return self.cfg.compress.teacher
@@ -74,11 +75,8 @@ class CompRess(Method):
         with torch.no_grad():
             t = F.normalize(self.teacher(x).float(), dim=1)
             m = F.normalize(self.head_m(self.encoder_m(x)), dim=1)
-        loss = compress_loss(t, s, self.bank_t.clone(), self.bank_s.clone(), self.cfg.compress.temperature)
-        t_all, m_all = all_gather_cat(t), all_gather_cat(m)
-        ptr = self.bank_ptr.clone()
-        fifo_enqueue(self.bank_t, ptr, t_all)
-        fifo_enqueue(self.bank_s, self.bank_ptr, m_all)
+        loss = compress_loss(t, s, self.bank_t, self.bank_s, self.cfg.compress.temperature)
+        self._new_rows = (t, m)  # enqueued by after_step, once backward has read the banks (base.py)
         return loss, {"loss": loss.detach()}
 
     def schedule_warnings(self, total_steps: int) -> list[str]:
@@ -91,3 +89,10 @@ class CompRess(Method):
         m = self.cfg.compress.momentum
         ema_update(self.encoder_m, self.encoder, m)
         ema_update(self.head_m, self.head, m)
+        rows, self._new_rows = self._new_rows, None
+        if rows is None:
+            return
+        t_all, m_all = (all_gather_cat(x) for x in rows)
+        ptr = self.bank_ptr.clone()
+        fifo_enqueue(self.bank_t, ptr, t_all)
+        fifo_enqueue(self.bank_s, self.bank_ptr, m_all)

@@ -68,6 +68,7 @@ class MoCo(Method):
         self.encoder_k = frozen_copy(encoder)
         self.head_k = frozen_copy(self.head)
         add_ring(self, "queue", c.queue, num_samples, c.dim, ptr="queue_ptr")  # (K, D) negatives
+        self._new_keys: torch.Tensor | None = None  # this step's keys, for after_step
 
     def allows_sync_bn(self) -> bool:
         # Global BN statistics would undo what shuffling the keys across ranks is for (MoCo, Sec. 3.3).
@@ -80,9 +81,8 @@ class MoCo(Method):
             x, undo = (shuffle_across_ranks(views[1]) if c.shuffle_bn else (views[1], None))
             k = F.normalize(self.head_k(self.encoder_k(x)), dim=1)
             k = unshuffle_across_ranks(k, undo)
-        # clone: the enqueue below writes the buffer in place, which autograd saved for backward.
-        loss, logits = info_nce(q, k, self.queue.clone(), c.temperature, return_logits=True)
-        fifo_enqueue(self.queue, self.queue_ptr, all_gather_cat(k))
+        loss, logits = info_nce(q, k, self.queue, c.temperature, return_logits=True)
+        self._new_keys = k  # enqueued by after_step, once backward has read the queue (base.py)
         acc = (logits.detach().argmax(1) == 0).float().mean()
         return loss, {"loss": loss.detach(), "acc": acc}
 
@@ -93,7 +93,11 @@ class MoCo(Method):
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:
-        # builder.py updates the key encoder at the start of the next forward; after the step is the same.
+        # builder.py updates the key encoder at the start of the next forward and enqueues the keys at the
+        # end of the forward; both after the step is the same.
         m = self.cfg.moco.momentum
         ema_update(self.encoder_k, self.encoder, m)
         ema_update(self.head_k, self.head, m)
+        keys, self._new_keys = self._new_keys, None
+        if keys is not None:
+            fifo_enqueue(self.queue, self.queue_ptr, all_gather_cat(keys))

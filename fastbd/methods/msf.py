@@ -38,14 +38,15 @@ class MSF(Method):
         c = cfg.msf
         add_byol_heads(self, feat_dim, c.hidden, c.dim)
         add_ring(self, "bank", c.bank, num_samples, c.dim, ptr="bank_ptr")  # (K, D) target embeddings
+        self._new_rows: torch.Tensor | None = None  # this step's targets, for after_step
 
     def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
         q = self.predictor(self.projector(self.encoder(views[1])))
         with torch.no_grad():
             t = F.normalize(self.projector_t(self.encoder_t(views[0])), dim=1)
         # Neighbours come from the bank as it was before this batch, plus each sample's own target.
-        loss = msf_loss(q, t, self.bank.clone(), self.cfg.msf.topk)
-        fifo_enqueue(self.bank, self.bank_ptr, all_gather_cat(t))
+        loss = msf_loss(q, t, self.bank, self.cfg.msf.topk)
+        self._new_rows = t  # enqueued by after_step, once backward has read the bank (base.py)
         return loss, {"loss": loss.detach()}
 
     def schedule_warnings(self, total_steps: int) -> list[str]:
@@ -58,3 +59,6 @@ class MSF(Method):
         m = self.cfg.msf.momentum  # constant in MSF (0.99), unlike BYOL's cosine schedule
         ema_update(self.encoder_t, self.encoder, m)
         ema_update(self.projector_t, self.projector, m)
+        rows, self._new_rows = self._new_rows, None
+        if rows is not None:
+            fifo_enqueue(self.bank, self.bank_ptr, all_gather_cat(rows))
