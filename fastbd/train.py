@@ -47,7 +47,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on cuda, off on cpu) | bf16 | fp16 | none
     channels_last: bool = True  # NHWC memory format for the convolutions (faster on tensor cores)
     compile: bool = False  # torch.compile the method (slow first steps, faster after)
-    compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune-no-cudagraphs
+    compile_mode: str = "default"  # torch.compile mode: default | max-autotune-no-cudagraphs (slower to compile)
     sync_bn: bool = True  # under DDP on GPUs: SyncBatchNorm (not for MoCo while method.moco.shuffle_bn is on)
     ckpt_every: int = 1  # epochs between checkpoints (the last epoch always writes one)
     log_every: int = 20  # steps between metrics.jsonl lines
@@ -60,7 +60,9 @@ class TrainConfig:
     monitor: MonitorConfig = field(default_factory=MonitorConfig)  # a kNN backdoor check every few epochs
 
 
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
+# Not the CUDA-graph modes (reduce-overhead, max-autotune): a graph's outputs are overwritten by its next
+# replay, and the trainer keeps every step's loss on the device until its next read (_sync).
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 
 
 class TrainingDiverged(UserError, RuntimeError):
@@ -93,6 +95,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False, log=None):
         self.cfg, self.info = cfg, init_distributed()
         self.device = pick_device(cfg.device, self.info.local_rank)
+        if self.device.type == "cuda":  # fixed shapes: cuDNN times its algorithms once (as moco/main_moco.py)
+            torch.backends.cudnn.benchmark = True
         self.log = log or (lambda s: print(s, file=sys.stderr, flush=True))
         self.out = Path(cfg.out)
         seed_everything(cfg.seed + self.info.rank)

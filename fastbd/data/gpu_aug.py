@@ -25,11 +25,12 @@ Two implementations of jitter + grayscale (`impl`, `data.aug_impl`):
   hue. On a CPU this is ~10x cheaper at 224 px (benchmarks/train_throughput.py), which is what makes
   the ffcv/dali backends cheaper than PIL there (issue: the CPU path cost 85 core-ms per sample).
 
-`compiled=True` (`data.compile_aug`) runs each pixel stage through torch.compile: eagerly the exact
-path is ~60 full-tensor passes per view, which at 224 px costs a GPU a large share of a ResNet-18 step;
-compiled, each stage fuses into one or two kernels. Stages are compiled one by one (not the whole
-augmentation) so the per-batch jitter order never triggers a recompilation. Compiled results match
-eager ones to float rounding, not bitwise; each mode is deterministic on its own.
+`compiled=True` (`data.compile_aug`) runs the pixel work through torch.compile: eagerly the exact
+path is ~60 full-tensor passes per view, which at 224 px costs a GPU a large share of a ResNet-18 step
+(P1 asks the whole data path for under 5% of it); compiled, each exact stage fuses into one or two
+kernels, compiled one by one so that the per-batch jitter order never triggers a recompilation, and the
+linear path (its choices are all in small matrices) is one graph from uint8 in to normalised out.
+Compiled results match eager ones to float rounding, not bitwise; each mode is deterministic on its own.
 """
 
 from __future__ import annotations
@@ -166,8 +167,19 @@ def _finish(x: torch.Tensor, solarize: torch.Tensor | None, mean: torch.Tensor, 
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
-_STAGES = {f.__name__: f for f in (_to_unit, _brightness, _contrast, _saturation, _hue, _select, _linear,
-                                   _blur_where, _finish)}
+def _linear_path(x: torch.Tensor, flip: torch.Tensor | None, m: torch.Tensor, b: torch.Tensor,
+                 sigma: torch.Tensor | None, radius: int, blur: torch.Tensor | None, solarize: torch.Tensor | None,
+                 mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """The whole `linear` pixel path, uint8 in, normalised out: one graph when compiled (its per-batch
+    choices live in the small matrices m, b, so no Python branch depends on the batch)."""
+    x = _linear(_to_unit(x, flip), m, b)
+    if blur is not None:
+        x = _blur_where(x, sigma, radius, blur)
+    return _finish(x, solarize, mean, std)
+
+
+_STAGES = {f.__name__: f for f in (_to_unit, _brightness, _contrast, _saturation, _hue, _select, _blur_where,
+                                   _finish, _linear_path)}
 _COMPILED: dict[str, object] = {}
 
 
@@ -214,16 +226,18 @@ def _hue_matrix(f: torch.Tensor) -> torch.Tensor:
     return _const("yiq_inv", f.device) @ rot @ _const("yiq", f.device)
 
 
-def jitter_matrix(x: torch.Tensor, r: Recipe, gen: torch.Generator, apply: torch.Tensor,
+def jitter_matrix(mean_rgb: torch.Tensor, r: Recipe, gen: torch.Generator, apply: torch.Tensor,
                   host: random.Random | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The `linear` colour jitter as per-image (M (n, 3, 3), b (n, 3)) with x -> M x + b; identity where
-    `apply` ((n, 1, 1, 1) bool) is false. Draws the same random numbers, in the same order, as `color_jitter`."""
-    n, dev = x.shape[0], x.device
+    `apply` ((n, 1, 1, 1) bool) is false. `mean_rgb` (n, 3): each image's mean colour in [0, 1] (contrast
+    needs its mean grey as the jitter goes). Draws the same random numbers, in the same order, as
+    `color_jitter`."""
+    n, dev = mean_rgb.shape[0], mean_rgb.device
     host = host if host is not None else random.Random(gen.initial_seed())
     eye = torch.eye(3, device=dev).expand(n, 3, 3)
     m, b = eye.clone(), torch.zeros(n, 3, device=dev)
     w = _const("luma", dev)
-    mean_rgb = x.mean((2, 3)).unsqueeze(2)  # (n, 3, 1): contrast needs the current image's mean grey
+    mean_rgb = mean_rgb.unsqueeze(2)  # (n, 3, 1)
     for name, f in _jitter_draws(n, r, gen, dev, host):
         if name == "_brightness":
             m, b = f.view(n, 1, 1) * m, f.view(n, 1) * b
@@ -254,27 +268,35 @@ def augment(x: torch.Tensor, r: Recipe, gen: torch.Generator, impl: str = "exact
     n, dev = x.shape[0], x.device
     host = host if host is not None else random.Random(gen.initial_seed())
     stage = functools.partial(_stage, compiled=compiled)
-    x = stage("_to_unit")(x, _coin(n, r.flip, gen, dev) if r.flip else None)
+    flip = _coin(n, r.flip, gen, dev) if r.flip else None
+    # the random draws in one fixed order (flip, jitter, grey, blur, solarize) for both implementations
     if impl == "linear":  # jitter and grayscale as one matrix per image, one pass, one clamp
         m, b = torch.eye(3, device=dev).expand(n, 3, 3), torch.zeros(n, 3, device=dev)
         if r.jitter_p:
-            m, b = jitter_matrix(x, r, gen, _coin(n, r.jitter_p, gen, dev), host)
+            mean_rgb = x.mean((2, 3), dtype=torch.float32) / 255  # a flip keeps the mean
+            m, b = jitter_matrix(mean_rgb, r, gen, _coin(n, r.jitter_p, gen, dev), host)
         if r.gray_p:
             g = _coin(n, r.gray_p, gen, dev)
             gm, gb = _left(_const("to_grey", dev), m, b)
             m, b = torch.where(g.view(n, 1, 1), gm, m), torch.where(g.view(n, 1), gb, b)
-        x = stage("_linear")(x, m, b)
     else:
+        x = stage("_to_unit")(x, flip)
         jitter = _coin(n, r.jitter_p, gen, dev) if r.jitter_p else None
         jittered = color_jitter(x, r, gen, host, compiled) if r.jitter_p else None
         x = stage("_select")(x, jittered, jitter, _coin(n, r.gray_p, gen, dev) if r.gray_p else None)
+    sigma = blur = None
+    scale = x.shape[-1] / 224  # the recipe's sigmas are for 224-px views
+    radius = max(1, math.ceil(3 * r.blur_sigma_max * scale))  # fixed by the recipe: no device read
     if r.blur_p:
-        scale = x.shape[-1] / 224  # the recipe's sigmas are for 224-px views
         sigma = _u(n, r.blur_sigma_min * scale, r.blur_sigma_max * scale, gen, dev).view(n)
-        radius = max(1, math.ceil(3 * r.blur_sigma_max * scale))  # fixed by the recipe: no device read
-        x = stage("_blur_where")(x, sigma, radius, _coin(n, r.blur_p, gen, dev))
+        blur = _coin(n, r.blur_p, gen, dev)
     solarize = _coin(n, r.solarize_p, gen, dev) if r.solarize_p else None
-    return stage("_finish")(x, solarize, _const("mean", dev), _const("std", dev))
+    mean, std = _const("mean", dev), _const("std", dev)
+    if impl == "linear":
+        return stage("_linear_path")(x, flip, m, b, sigma, radius, blur, solarize, mean, std)
+    if blur is not None:
+        x = stage("_blur_where")(x, sigma, radius, blur)
+    return stage("_finish")(x, solarize, mean, std)
 
 
 def step_generator(device: torch.device, seed: int, epoch: int, step: int) -> torch.Generator:

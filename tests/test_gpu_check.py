@@ -1,0 +1,91 @@
+"""benchmarks/gpu_check.sh: the one-call GPU check, rehearsed on the CPU so that a lent GPU's minutes go to
+measuring; its step selection, budget and target verdicts."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def gpu_check(out: Path, work: Path, **env) -> subprocess.CompletedProcess:
+    e = dict(os.environ, FASTBD_GPU_CHECK_CPU="1", FASTBD_GPU_CHECK_WORK=str(work), PYTHON=sys.executable,
+             FASTBD_GPU_CHECK_BUNDLE=str(work / "no-bundle"), PYTHONPATH=str(ROOT), **env)
+    return subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(out)], env=e, capture_output=True,
+                          text=True, timeout=1500)
+
+
+def load_module():
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_unknown_steps_are_refused_and_an_empty_budget_skips_everything(tmp_path):
+    r = gpu_check(tmp_path / "out", tmp_path / "work", FASTBD_GPU_CHECK_STEPS="env,moco999")
+    assert r.returncode == 2 and "unknown step(s) ['moco999']" in r.stderr
+    r = gpu_check(tmp_path / "out", tmp_path / "work", FASTBD_GPU_CHECK_BUDGET="0")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert [s["status"] for s in report["steps"]] == ["skipped"] * len(load_module().STEPS)
+    assert all(s["error"].startswith("budget") for s in report["steps"])
+    assert "| P3 MoCo v2 R18 224 px >= 10.5k img/s end to end | not measured |" in (
+        tmp_path / "out" / "gpu_check.md").read_text()
+
+
+def test_target_verdicts_come_from_the_rows():
+    m = load_module()
+
+    def row(compile_, ceiling, dali, torch_=None):
+        r = {"method": "moco", "res": 224, "compile": compile_, "aug_impl": "exact",
+             "ceiling": {"img_per_s": ceiling}, "dali_e2e": {"img_per_s": dali}}
+        if torch_:
+            r["torch_e2e"] = {"img_per_s": torch_}
+        return r
+
+    report = {"cpu_rehearsal": False, "steps": [
+        {"step": "moco224", "rows": [row("off", 9000, 8000, 1100)]},
+        {"step": "moco224c", "rows": [row("on", 11500, 11000)]},
+        {"step": "p5", "p5": {"packed_over_single": 1.6, "packed_img_per_s": 16000, "single_img_per_s": 10000}}]}
+    got = {t.split()[0]: (measured, verdict) for t, measured, verdict in m.targets(report)}
+    assert got["P1"][1] == "reached" and "0.96x (compile on" in got["P1"][0]  # 11000 / 11500
+    assert got["P2"] == ("10.0x (11000 vs 1100 img/s)", "reached")
+    assert got["P3"][1] == "reached" and got["P3"][0].startswith("11000 img/s (compile on")
+    assert got["P5"] == ("1.6x (16000 vs 10000 img/s)", "not reached")
+    report["steps"] = report["steps"][:1]
+    got = {t.split()[0]: v for t, _, v in m.targets(report)}
+    assert got == {"P1": "not reached", "P2": "not reached", "P3": "not reached", "P5": "not measured"}
+
+
+@pytest.mark.slow
+def test_the_cpu_rehearsal_runs_end_to_end(tmp_path):
+    """The GPU check's own steps at the smallest size on the CPU (no bundle here, so DALI/FFCV installs are
+    skipped and the installed packages are used): every output file, every backend's figures, P5's pair."""
+    out = tmp_path / "out"
+    r = gpu_check(out, tmp_path / "work", FASTBD_GPU_CHECK_STEPS="env,deps,dali,data,moco224,p5")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.log", "gpu_check.md"]
+    report = json.loads((out / "gpu_check.json").read_text())
+    status = {s["step"]: s["status"] for s in report["steps"]}
+    assert status == {"env": "ok", "deps": "ok", "dali": "skipped", "data": "ok", "moco224": "ok", "p5": "ok"}
+    assert report["hardware"]["device"] == "CPU" and report["hardware"]["torch"]
+    assert all(s["seconds"] >= 0 for s in report["steps"] if s["status"] != "skipped")
+    [row] = next(s for s in report["steps"] if s["step"] == "moco224")["rows"]
+    measured = ["ceiling", "torch_loader", "torch_e2e"]
+    measured += [f"{b}_{k}" for b, mod in (("dali", "nvidia.dali"), ("ffcv", "ffcv"))
+                 if importlib.util.find_spec(mod.split(".")[0]) for k in ("loader", "e2e")]
+    for k in measured:
+        assert row[k]["img_per_s"] > 0 and row[k]["core_ms_per_img"] > 0, (k, row)
+    p5 = next(s for s in report["steps"] if s["step"] == "p5")["p5"]
+    if importlib.util.find_spec("nvidia"):
+        assert p5["packed_over_single"] > 0 and len(p5["packed"]) == 2
+    md = (out / "gpu_check.md").read_text()
+    assert "CPU REHEARSAL" in md and "rehearsal on the CPU: not a GPU figure" in md
+    assert "| moco | 32 | off | auto |" in md and "core-ms/img" in md
+    assert "===== moco224: ok =====" in (out / "gpu_check.log").read_text()
