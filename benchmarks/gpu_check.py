@@ -159,9 +159,9 @@ class Check:
         rc, text = self.proc(name, [sys.executable, "-c", code], cap)
         if rc == 0:
             self.report["hardware"] = json.loads(text.strip().splitlines()[-1])
-        smi = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True) if not CPU else None
-        if smi is not None and smi.returncode == 0:
-            self.report["hardware"]["nvidia_smi"] = smi.stdout.strip()
+        if not CPU and shutil.which("nvidia-smi"):
+            smi = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+            self.report["hardware"]["nvidia_smi"] = (smi.stdout or smi.stderr).strip()
         return rc, text, {}
 
     def _install(self, name, cap):
