@@ -36,11 +36,11 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import fastbd  # noqa: E402,F401 - first: it sets OMP_WAIT_POLICY=PASSIVE, which only works before torch loads
+import torch  # noqa: E402
 from beton_builders import build, load_spec  # noqa: E402
 from beton_builders.files import write_json  # noqa: E402
 from beton_builders.host import cores  # noqa: E402
