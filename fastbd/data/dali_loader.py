@@ -119,7 +119,9 @@ class DaliLoader(EpochOrdered):
         if self.device.type == "cpu":
             return torch.from_numpy(np.array(tl.as_tensor()))
         out = torch.empty((len(tl), self.res, self.res, 3), dtype=torch.uint8, device=self.device)
-        feed_ndarray(tl, out, cuda_stream=torch.cuda.current_stream(self.device))
+        # as_tensor: feed_ndarray compares shape() with the torch tensor's, and a TensorList's shape() is the
+        # list of its samples' shapes (found on the first GPU run, 2026-11-26); the crops are dense, so one tensor
+        feed_ndarray(tl.as_tensor(), out, cuda_stream=torch.cuda.current_stream(self.device))
         return out
 
     def _host_to_device(self, tl) -> torch.Tensor:
