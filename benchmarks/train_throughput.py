@@ -92,9 +92,12 @@ def make_data(folder: Path, images: int, max_res: int, log=print) -> Path:
 def _build_without_ffcv(spec, folder: Path) -> None:
     """The build with its .beton writer replaced by an empty file, for a machine without FFCV: the dali
     and torch backends read only the tar shards and the manifest. A benchmark-only stand-in."""
+    import importlib
     import types
 
-    import beton_builders.build as b
+    # import_module, not `import beton_builders.build as b`: the package re-exports the function build(),
+    # which shadows the submodule of that name (the first H100 run failed here, 2026-11-26)
+    b = importlib.import_module("beton_builders.build")
 
     stub = types.ModuleType("ffcv.writer")  # the build imports it in the background; nothing uses it then
     sys.modules.setdefault("ffcv", types.ModuleType("ffcv"))
