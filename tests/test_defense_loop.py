@@ -71,7 +71,8 @@ def test_the_filtered_list_trains_through_fastbd_train(tiny_build, tmp_path):
     clean = write_index_list(tmp_path / "clean.npy", keep[keep < 48], load_manifest(tiny_build), 0.5, "test")
     res = CliRunner().invoke(app, ["train", f"data.path={tiny_build}", f"out={tmp_path / 'clean_run'}", *TINY_TRAIN,
                                    "epochs=1", "max_steps=1", f"data.indices={clean}"])
-    assert res.exit_code == 0 and json.loads((tmp_path / "clean_run" / "meta.json").read_text())["data"]["trained_on"] == "clean"
+    assert res.exit_code == 0
+    assert json.loads((tmp_path / "clean_run" / "meta.json").read_text())["data"]["trained_on"] == "clean"
     np.save(path, keep[:-1])  # a changed list is refused in one line, exit 2
     res = CliRunner().invoke(app, ["train", f"data.path={tiny_build}", f"out={tmp_path / 'x'}", *TINY_TRAIN,
                                    f"data.indices={path}"])
@@ -90,7 +91,8 @@ def test_the_sweep_plans_patchsearch_beside_distillation_and_keeps_run_ids(tmp_p
     assert len(poisoned) == 2 and all("patchsearch" not in r for r in on["runs"] if r["params"]["rate"] == 0)
     r = poisoned[0]
     kinds = [(k, name) for k, name, *_ in stages(r)]
-    assert kinds[-3:] == [("defend", "patchsearch"), ("train", "patchsearch_train"), ("eval", "patchsearch_train/eval/default-1/lf0.5")]
+    assert kinds[-3:] == [("defend", "patchsearch"), ("train", "patchsearch_train"),
+                          ("eval", "patchsearch_train/eval/default-1/lf0.5")]
     ps = r["patchsearch"]
     assert ps["defend"]["search"]["clusters"] == 4 and ps["defend"]["seed"] == r["params"]["seed"]
     assert ps["train"]["data"]["indices"] == str(Path(r["dir"]) / "patchsearch" / "filtered_indices.npy")

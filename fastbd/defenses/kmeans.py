@@ -4,7 +4,8 @@ PatchSearch clusters the suspect encoder's L2-normalised training features (Teja
 reference patch_search_iterative_search.py `faiss_kmeans`: faiss.Clustering with L2 distance, 20
 iterations, initial centroids a random sample of the points). This is the same Lloyd iteration without
 faiss, seeded with k-means++ instead of a random sample (a random sample often starts two centroids in
-one dense group and never separates them): squared-L2 assignment in chunks, centroid sums as a one-hot matrix product (a deterministic
+one dense group and never separates them): squared-L2 assignment in chunks, centroid sums as a one-hot
+matrix product (a deterministic
 reduction on GPUs too, unlike atomic scatter-adds), and an empty cluster re-seeded with the point
 farthest from its centroid (faiss splits a large cluster instead; both keep k clusters non-empty).
 Same features, k, iterations and seed give the same assignment on the same device.
@@ -56,7 +57,10 @@ def _plus_plus(x: torch.Tensor, k: int, g: torch.Generator, chunk: int) -> torch
     d = _nearest(x, x[first][None], chunk)[0]
     for _ in range(1, k):
         w = d.double().cpu()
-        i = int(torch.multinomial(w / w.sum(), 1, generator=g)) if w.sum() > 0 else int(torch.randint(len(x), (1,), generator=g))
+        if w.sum() > 0:
+            i = int(torch.multinomial(w / w.sum(), 1, generator=g))
+        else:  # every point is a centroid already (duplicates): any will do
+            i = int(torch.randint(len(x), (1,), generator=g))
         c.append(x[i])
         d = torch.minimum(d, _nearest(x, x[i][None], chunk)[0])
     return torch.stack(c).clone()

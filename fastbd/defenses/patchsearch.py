@@ -115,8 +115,11 @@ def run_training_set(run: Path, manifest: dict) -> tuple[np.ndarray, float]:
     p = Path(run) / "config.yaml"
     if not p.is_file():
         raise FileNotFoundError(f"--run: {p} not found; is {run} a `fastbd train` run folder?")
-    d = (yaml.safe_load(p.read_text()) or {}).get("data", {})
-    idx = mf.training_set(manifest, d.get("rate"), d.get("clean_fraction"), int(d.get("seed", 0) or 0), d.get("indices"))
+    cfg = yaml.safe_load(p.read_text()) or {}
+    d = cfg.get("data", {})
+    # the trainer draws a clean subset with the run's own seed (make_loader(seed=cfg.seed))
+    idx = mf.training_set(manifest, d.get("rate"), d.get("clean_fraction"), int(cfg.get("seed", 0) or 0),
+                          d.get("indices"))
     return idx, mf.resolve_rate(manifest, d.get("rate"))
 
 
@@ -243,8 +246,8 @@ def _write(out: Path, report: dict, indices, order, found, p_poison, removed, pa
         save_npy(tmp / "ranked_indices.npy", indices[order])
         save_npy(tmp / "poison_scores.npy", found.score)
         save_npy(tmp / "removed_indices.npy", np.sort(indices[removed]))
-        mf.write_index_list(tmp / "filtered_indices.npy", indices[~removed], manifest, rate, "fastbd defend patchsearch",
-                            removed=int(removed.sum()))
+        mf.write_index_list(tmp / "filtered_indices.npy", indices[~removed], manifest, rate,
+                            "fastbd defend patchsearch", removed=int(removed.sum()))
         rows = ["rank,index,poison_score,scored,p_poison,removed"]
         rows += [f"{r + 1},{indices[i]},{found.score[i]},{int(found.scored[i])},{p_poison[i]:.6f},{int(removed[i])}"
                  for r, i in enumerate(order)]
