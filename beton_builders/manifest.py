@@ -44,6 +44,10 @@ Manifests of schema "fastbd.manifest/1" (builds made before the self hash) are s
 UnsealedManifestWarning: they are checked for consistency, but a consistent edit cannot be detected and
 their clean part has no identity; rebuild them to get both.
 Build timings go to build_log.json, which is not hashed.
+
+Index lists (`write_index_list` / `load_index_list`): a defense's filtered training set is FILE.npy (indices
+into train.beton) with FILE.json beside it naming the build it came from (`build_id`: the self hash), the
+rate whose training set it subsets, and the .npy's sha256; `training_set(indices=FILE.npy)` checks all three.
 """
 
 from __future__ import annotations
@@ -207,6 +211,12 @@ def poisoned_count(manifest: dict, rate: float) -> int:
     return 0 if not rate else int(rate_entry(manifest, rate)["count"])
 
 
+def poisoned_boxes(manifest: dict) -> dict[int, list]:
+    """Every poisoned copy's train.beton index -> its trigger box [x, y, w, h] in stored pixels (with
+    trigger.location=multiple, the box holding all 9 copies): the ground truth a detector is scored against."""
+    return {int(p["index"]): list(p["box"]) for p in manifest["poisoned"]}
+
+
 def clean_pool(manifest: dict) -> np.ndarray:
     """Indices into train.beton's clean part that were never poisoned at any rate, ascending: the images a
     probe label or a defense's clean subset may use, since their poisoned copy exists for some rate."""
@@ -224,15 +234,23 @@ def clean_subset(manifest: dict, fraction: float, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng([seed, 0xC1EA]).permutation(clean_pool(manifest))[:k])
 
 
+def resolve_rate(manifest: dict, rate: float | None) -> float:
+    """`rate` as a run uses it: None is the largest rate built (0 when the build has none)."""
+    return float(max((e["rate"] for e in manifest["rates"]), default=0) if rate is None else rate)
+
+
 def training_set(manifest: dict, rate: float | None, clean_fraction: float | None = None,
-                 seed: int = 0) -> np.ndarray:
-    """The indices a training run reads: with `clean_fraction`, the distillation clean subset; otherwise the
-    poison `rate`'s set (None: the largest rate built, 0: all clean)."""
+                 seed: int = 0, indices: str | Path | None = None) -> np.ndarray:
+    """The indices a training run reads: with `indices`, that index list (`load_index_list`: a defense's
+    filtered set, checked against this build); with `clean_fraction`, the distillation clean subset;
+    otherwise the poison `rate`'s set (None: the largest rate built, 0: all clean)."""
+    if indices is not None:
+        if clean_fraction is not None:
+            raise ValueError(f"data.indices={indices} and data.clean_fraction={clean_fraction}: give one of them")
+        return load_index_list(manifest, indices, rate)
     if clean_fraction is not None:
         return clean_subset(manifest, clean_fraction, seed)
-    if rate is None:
-        rate = max((e["rate"] for e in manifest["rates"]), default=0) or None
-    return train_indices(manifest, rate)
+    return train_indices(manifest, resolve_rate(manifest, rate) or None)
 
 
 def train_indices(manifest: dict, rate: float | None) -> np.ndarray:
@@ -246,6 +264,77 @@ def train_indices(manifest: dict, rate: float | None) -> np.ndarray:
     keep = np.ones(n_clean, bool)
     keep[np.asarray(e["replaced_indices"], np.int64)] = False
     return np.concatenate([np.flatnonzero(keep), np.asarray(e["poisoned_indices"], np.int64)])
+
+
+INDEX_LIST_SCHEMA = "fastbd.index_list/1"
+
+
+def build_id(manifest: dict) -> str:
+    """A build's identity for the files made from it: the manifest's self hash (schema /2), or the same hash
+    of its content for a /1 manifest, which carries none."""
+    return manifest.get("self_sha256") or content_hash(manifest)
+
+
+def write_index_list(path: str | Path, indices, manifest: dict, rate: float | None, made_by: str,
+                     **extra) -> Path:
+    """Write an index list into train.beton (`FILE.npy`, int64, in the given order) and its record beside it
+    (`FILE.json`: schema, the build it was made from, the poison rate whose training set it subsets, its
+    count and the sha256 of the .npy bytes), so `training_set(indices=FILE.npy)` can check both later."""
+    from .files import save_npy, write_json
+
+    path = Path(path)
+    arr = np.asarray(indices, np.int64)
+    save_npy(path, arr)
+    write_json(path.with_suffix(".json"), {
+        "schema": INDEX_LIST_SCHEMA, "made_by": made_by, "build_id": build_id(manifest),
+        "rate": resolve_rate(manifest, rate), "count": int(len(arr)), "npy_sha256": sha256_file(path), **extra})
+    return path
+
+
+def load_index_list(manifest: dict, path: str | Path, rate: float | None = None) -> np.ndarray:
+    """The index list in `path` (written by `write_index_list`), after checking that it was made from this
+    build (its record names this manifest's identity), that the .npy is the one recorded, and that it is a
+    subset, without repeats, of the training set of its rate (which `rate`, if given, must equal). Any
+    failure is a ManifestError naming the file."""
+    path = Path(path)
+    rec_path = path.with_suffix(".json")
+    for p in (path, rec_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"data.indices: {p} not found (an index list is FILE.npy with FILE.json "
+                                    "beside it, as `fastbd defend` writes them)")
+    try:
+        rec = json.loads(rec_path.read_text())
+        assert isinstance(rec, dict) and rec.get("schema") == INDEX_LIST_SCHEMA
+    except (ValueError, UnicodeDecodeError, AssertionError):
+        raise ManifestError(f"{rec_path}: not a {INDEX_LIST_SCHEMA} record") from None
+    if rec.get("npy_sha256") != sha256_file(path):
+        raise ManifestError(f"{path}: its sha256 is not the one {rec_path.name} records; the list was changed "
+                            "after it was written")
+    if rec.get("build_id") != build_id(manifest):
+        raise ManifestError(f"{path}: made from another build (id {str(rec.get('build_id'))[:12]}), not from this "
+                            f"one (id {build_id(manifest)[:12]}); an index list only applies to its own build")
+    own = float(rec["rate"])
+    if rate is not None and abs(float(rate) - own) > 1e-12:
+        raise ManifestError(f"{path}: subsets the rate-{own:g} training set, but data.rate is {float(rate):g}")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        raise ManifestError(f"{path}: not a readable .npy ({e})") from None
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise ManifestError(f"{path}: not a 1-D integer index list (shape {arr.shape}, dtype {arr.dtype})")
+    arr = arr.astype(np.int64)
+    if len(np.unique(arr)) != len(arr):
+        raise ManifestError(f"{path}: lists an index more than once")
+    outside = np.setdiff1d(arr, train_indices(manifest, own or None))
+    if len(outside):
+        raise ManifestError(f"{path}: index {int(outside[0])} is not in the rate-{own:g} training set of this build")
+    return arr
+
+
+def index_list_record(path: str | Path) -> dict:
+    """What a run records of the index list it trained on (meta.json `data.index_list`): its path and record."""
+    path = Path(path)
+    return {"path": str(path.resolve()), **json.loads(path.with_suffix(".json").read_text())}
 
 
 def verify_files(folder: str | Path, manifest: dict | None = None, only=None) -> list[str]:

@@ -8,9 +8,10 @@
     fastbd train --config configs/ssl/moco_resnet18.yaml data.path=out/demo out=runs/moco
     fastbd distill --teacher runs/moco data=out/demo clean_fraction=0.25
     fastbd eval --run runs/moco data=out/demo
+    fastbd defend patchsearch --run runs/moco --data out/demo [key=value ...]   (writes a filtered index list)
     fastbd sweep --config configs/sweeps/demo.yaml [--executor slurm] [--dry-run]
     fastbd report sweeps/demo
-    fastbd config train|eval|distill|build|sweep [--config FILE] [key=value ...]   (every key, default, unit)
+    fastbd config train|eval|distill|build|sweep|patchsearch [--config FILE] [key=value ...]   (every key, default, unit)
     fastbd --version
 
 Every command reports a problem the user can fix the same way: one line `error: ...` naming the file or
@@ -197,6 +198,30 @@ def distill_cmd(
     typer.echo(f"student run folder: {out}  (evaluate it with `fastbd eval --run {out} data=...`)")
 
 
+@app.command("defend")
+def defend_cmd(
+    name: str = typer.Argument(..., help="which defense: patchsearch"),
+    run: Path = typer.Option(..., "--run", help="the (possibly backdoored) run folder to defend"),
+    data: Optional[Path] = typer.Option(None, "--data", help="the build it was trained on (or data=DIR)"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML overrides of the defense's defaults"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key=value, e.g. res=32 resize=36 search.clusters=100"),
+) -> None:
+    """Search a run's own training set for poisoned images, remove them and write the filtered index list."""
+    from fastbd.config import load_config
+    from fastbd.defenses import defense
+
+    with _user_errors():
+        cls, fn = defense(name)
+        items = [*(overrides or []), *([f"data={data}"] if data is not None else [])]
+        report = fn(load_config(cls, config, items), run, log=lambda s: typer.echo(s, err=True))
+    rm = report["scored_against_manifest"]["removed"]
+    pr = "-" if rm["precision"] is None else f"{100 * rm['precision']:.1f}%"
+    rc = "-" if rm["recall"] is None else f"{100 * rm['recall']:.1f}%"
+    typer.echo(f"removed {rm['count']} of {report['scored_against_manifest']['training_images']} training images: "
+               f"precision {pr}, recall {rc} against the manifest; filtered list "
+               f"{Path(report['out']) / 'filtered_indices.npy'} (train on it with data.indices=...)")
+
+
 @app.command("eval")
 def eval_cmd(
     run: Optional[Path] = typer.Option(None, "--run", help="a fastbd train run folder"),
@@ -272,12 +297,12 @@ def report_cmd(sweep_dir: Path = typer.Argument(..., help="a `fastbd sweep` fold
         report_sweep(sweep_dir, log=typer.echo)
 
 
-CONFIG_KINDS = ("train", "eval", "distill", "build", "sweep")
+CONFIG_KINDS = ("train", "eval", "distill", "build", "sweep", "patchsearch")
 
 
 @app.command("config")
 def config_cmd(
-    kind: str = typer.Argument(..., help="which config: train | eval | distill | build | sweep"),
+    kind: str = typer.Argument(..., help="which config: train | eval | distill | build | sweep | patchsearch"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="a YAML file of overrides to apply first"),
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides to apply, e.g. data.res=112"),
 ) -> None:
@@ -296,6 +321,8 @@ def config_cmd(
             from fastbd.evaluate import EvalConfig as cls
         elif kind == "build":
             from beton_builders.spec import PoisonSpec as cls
+        elif kind == "patchsearch":
+            from fastbd.defenses.patchsearch import PatchSearchConfig as cls
         else:
             from fastbd.sweep.plan import SweepConfig as cls
         typer.echo(describe(cls, config, overrides or [], defaults), nl=False)

@@ -16,12 +16,14 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 ARCHS = {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet34": (BasicBlock, [3, 4, 6, 3]),
-         "resnet50": (Bottleneck, [3, 4, 6, 3])}
+         "resnet50": (Bottleneck, [3, 4, 6, 3]),
+         # one block per stage: PatchSearch's poison classifier (ResNet(BasicBlock, [1, 1, 1, 1]) in its code)
+         "resnet10": (BasicBlock, [1, 1, 1, 1])}
 
 
 @dataclass
 class ModelConfig:
-    arch: str = "resnet18"  # resnet18 | resnet34 | resnet50 (torchvision definitions)
+    arch: str = "resnet18"  # resnet18 | resnet34 | resnet50 (torchvision definitions) | resnet10 (one block per stage)
     small_input: bool = False  # 3x3 stem, no max-pool: for images under ~64 px
     stem_stride: int = 1  # px, the small stem's stride: 1 (CIFAR ResNets) | 2 (a quarter of the cost)
     width: int = 64  # channels of the first stage, doubled at each later stage (torchvision: 64)
@@ -60,7 +62,7 @@ def make_backbone(cfg: ModelConfig) -> tuple[nn.Module, int]:
         raise ValueError(f"model.width: {cfg.width} channels; must be >= 1")
     if cfg.stem_stride not in (1, 2):
         raise ValueError(f"model.stem_stride: {cfg.stem_stride} is not 1 or 2")
-    if cfg.width == 64:  # torchvision's own constructor: the same network, bit for bit, as always
+    if cfg.width == 64 and hasattr(torchvision.models, cfg.arch):  # torchvision's own: bit for bit, as always
         net = getattr(torchvision.models, cfg.arch)(weights=None)
     else:
         net = _ScaledResNet(*ARCHS[cfg.arch], cfg.width)

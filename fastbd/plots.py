@@ -3,6 +3,7 @@
     plot_rates(rows, "SWEEP/plots")      target FP, ASR, clean top-1, kNN target FP against the poison rate
     plot_curves(curves, "SWEEP/plots")   the monitor's kNN checks against epochs, poisoned vs clean
     heatmap_png(path, cm, classes, ...)  an evaluation's confusion matrix (RUN/eval/conf_matrix_poisoned.png)
+    pr_curve_png(path, curves, point)    a detector's precision-recall curves (RUN/defense_patchsearch/pr_curve.png)
 
 Rows are fastbd.report's result rows; every figure is written atomically, as PNG (and PDF for sweeps).
 """
@@ -213,3 +214,25 @@ def plot_curves(curves: Sequence[Row], out_dir: Path) -> list[Path]:
     return written
 
 
+
+
+def pr_curve_png(path, curves: dict, point=None, title: str = "") -> Path:
+    """Precision against recall of removing the top k of each ranking (`curves`: name -> (precision, recall)
+    arrays over k = 1..N), with the removed set as one marked point (recall, precision)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for name, (prec, rec) in curves.items():
+        ax.plot(rec, prec, label=name)
+    if point is not None:
+        ax.plot([point[0]], [point[1]], "k*", markersize=12, label="removed set")
+    ax.set_xlabel("recall (of the poisoned training images)")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    try:
+        return atomic_write(path, lambda p: fig.savefig(p, format="png", bbox_inches="tight"))
+    finally:
+        plt.close(fig)

@@ -6,7 +6,8 @@ This module only consumes rows; collecting them from run folders happens elsewhe
 
     paths = write_report(Path("reports/sweep"), rows, title="MoCo vs BYOL, HTBA triggers")
 
-An evaluation's own table is made here too: `report_markdown` (RUN/eval/report.md, `fastbd compare`).
+An evaluation's own table is made here too: `report_markdown` (RUN/eval/report.md, `fastbd compare`), and a
+defense's: `patchsearch_markdown` (RUN/defense_patchsearch/report.md).
 """
 
 from __future__ import annotations
@@ -184,14 +185,79 @@ def report_markdown(rows: list[Row]) -> str:
     return "\n".join(_table(EVAL_COLUMNS, body)) + "\n"
 
 
+def detection_markdown(rows: Sequence[Row]) -> str:
+    """summary.md's PatchSearch section: per defended run, the removed set scored against the manifest
+    (precision, recall, poisoned images left), both rankings' average precision, the found boxes' mean IoU,
+    and the defense's wall time beside the suspect encoder's training time. Empty without rows."""
+    if not rows:
+        return ""
+    lines = ["", "## PatchSearch detection (scored against the manifest)", ""]
+    lines += _table(["run", "method", "trigger", "target", "rate", "seed", "poisoned / images", "removed",
+                     "precision %", "recall %", "poisoned left", "AP search %", "AP classifier %", "mean IoU",
+                     "defense s", "training s"],
+                    ([r["run_id"], r["method"], r["trigger"], r["target"], f"{r['rate']:g}", r["seed"],
+                      f"{r['poisoned']} / {r['training_images']}", r["count"], _pct(r["precision"]),
+                      _pct(r["recall"]), r["poisoned_left"], _pct(r["ap_search"]), _pct(r["ap_classifier"]),
+                      "-" if r["iou_mean"] is None else f"{r['iou_mean']:.2f}", f"{r['defense_s']:.0f}",
+                      f"{r['train_s']:.0f}"] for r in sorted(rows, key=lambda r: (r["method"], r["rate"], r["seed"]))))
+    return "\n".join(lines) + "\n"
+
+
 def write_report(out_dir: Path, rows: Sequence[Row], title: str, rate_label: str = "poison rate",
-                 curves: Sequence[Row] = ()) -> list[Path]:
+                 curves: Sequence[Row] = (), defenses: Sequence[Row] = ()) -> list[Path]:
     """Write summary.csv, summary.md and plots/ under out_dir (each file atomically); return their paths.
-    `curves` (fastbd.sweep.results.collect_curves) adds the training-time backdoor curves."""
+    `curves` (fastbd.sweep.results.collect_curves) adds the training-time backdoor curves; `defenses`
+    (collect_defenses) the PatchSearch detection table."""
     out_dir = Path(out_dir)
     rows = list(rows)
+    text = summary_markdown(rows, title) + detection_markdown(defenses)
     written = [atomic_write_bytes(out_dir / "summary.csv", summary_csv(rows).encode()),
-               atomic_write_bytes(out_dir / "summary.md", summary_markdown(rows, title).encode())]
+               atomic_write_bytes(out_dir / "summary.md", text.encode())]
     from fastbd.plots import plot_curves, plot_rates  # matplotlib only when a report is written
 
     return written + plot_rates(rows, out_dir / "plots", rate_label) + plot_curves(curves, out_dir / "plots")
+
+
+# --- a defense's own report (RUN/defense_patchsearch/report.md) ------------------------------------------
+
+def _frac(v: Any) -> str:
+    return "-" if v is None else f"{100 * float(v):.1f}%"
+
+
+def patchsearch_markdown(report: dict) -> str:
+    """report.md of `fastbd defend patchsearch`: the removed set and both rankings scored against the
+    manifest, the boxes' overlap with the true triggers, the top-ranked images, and the cost per phase."""
+    s = report["scored_against_manifest"]
+    rm, cost = s["removed"], report["cost"]
+    lines = [f"# PatchSearch on {report['run']}", "",
+             f"Build {report['data']}, rate {report['rate']:g}: {s['training_images']} training images, "
+             f"{s['poisoned_images']} of them poisoned (manifest). Search: {report['search']['clusters']} clusters, "
+             f"{report['search']['window_px']}-px windows, {report['search']['scored']} images scored in "
+             f"{len(report['search']['rounds'])} rounds against {report['search']['test_images']} test images.", "",
+             "## Removed by the poison classifier", ""]
+    lines += _table(["removed", "poisoned removed", "precision", "recall", "poisoned left", "clean removed"],
+                    [[rm["count"], rm["true_positives"], _frac(rm["precision"]), _frac(rm["recall"]),
+                      rm["poisoned_left"], rm["clean_removed"]]])
+    ap = s["average_precision"]
+    lines += ["", f"## Rankings at cut-offs (average precision: search {_frac(ap['search'])}, "
+                  f"classifier {_frac(ap['classifier'])})", ""]
+    lines += _table(["top k", "search precision", "search recall", "classifier precision", "classifier recall"],
+                    [[c["k"], _frac(c["search_precision"]), _frac(c["search_recall"]),
+                      _frac(c["classifier_precision"]), _frac(c["classifier_recall"])] for c in s["cutoffs"]])
+    b = s["boxes"]
+    lines += ["", f"## Found windows vs the manifest's boxes ({b['iou']['n']} poisoned images scored)", ""]
+    lines += _table(["", "mean", "median", ">= 0.5"],
+                    [[name, _pm(b[key]["mean"], None, 1, 3), _pm(b[key]["median"], None, 1, 3),
+                      _frac(b[key]["at_least_0.5"])] for name, key in (("IoU", "iou"), ("coverage of the trigger", "coverage"))])
+    lines += ["", "## Top-ranked images (their patches train the classifier)", ""]
+    lines += _table(["rank", "index", "poisoned", "poison score", "IoU"],
+                    [[t["rank"], t["index"], "yes" if t["poisoned"] else "no", t["score"],
+                      "-" if t["iou"] is None else f"{t['iou']:.2f}"] for t in s["top"]])
+    tr = cost["training"]
+    lines += ["", f"## Cost ({cost['device']}{', ' + cost['gpu'] if cost.get('gpu') else ''})", ""]
+    lines += _table(["phase", "wall s", "CPU core-s"],
+                    [*([k, f"{v['wall_s']:.1f}", f"{v['cpu_core_s']:.1f}"] for k, v in cost["phases"].items()),
+                     ["**defense, total**", f"{cost['defense']['wall_s']:.1f}", f"{cost['defense']['cpu_core_s']:.1f}"],
+                     [f"training the suspect encoder ({tr['epochs']} epochs)", f"{tr['wall_s']:.1f}",
+                      "-" if tr["cpu_core_s"] is None else f"{tr['cpu_core_s']:.1f}"]])
+    return "\n".join(lines) + "\n"

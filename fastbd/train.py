@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from beton_builders.files import atomic_write_bytes, save_npy, write_json
+from beton_builders.manifest import index_list_record
 from fastbd.config import UserError, to_dict, to_yaml
 from fastbd.data import DataConfig, make_loader
 from fastbd.device import amp_mode, autocast, pick_device
@@ -175,6 +176,8 @@ class Trainer:
             meta = run_meta(self.cfg.data.path, self.info.world, self.loader.sample_indices, teacher)
             if teacher:
                 meta["data"]["teacher_match"] = teacher_data["match"]
+            if self.cfg.data.indices is not None:  # a defense's filtered set: which list, made from which build
+                meta["data"]["index_list"] = index_list_record(self.cfg.data.indices)
             write_json(self.out / "meta.json", meta)
             if self.cfg.data.clean_fraction is not None:  # the distillation subset, for provenance
                 save_npy(self.out / "clean_subset.npy", self.loader.sample_indices)
@@ -263,7 +266,7 @@ class Trainer:
 
     def _run_epoch(self) -> None:
         self.loader.set_epoch(self.epoch)
-        t0, seen = time.perf_counter(), 0
+        t0, c0, seen = time.perf_counter(), time.process_time(), 0
         self._pending, self._losses = [], []
         bar = _progress(len(self.loader), f"epoch {self.epoch}", self.info.main)
         for batch in self.loader:
@@ -277,7 +280,8 @@ class Trainer:
         dt = time.perf_counter() - t0
         loss = all_reduce_mean(sum(self._losses) / max(1, len(self._losses)), self.device)
         ips = seen * self.info.world / max(dt, 1e-9)
-        self.metrics.write(kind="epoch", epoch=self.epoch, step=self.step, loss=loss, img_per_s=ips, seconds=dt)
+        self.metrics.write(kind="epoch", epoch=self.epoch, step=self.step, loss=loss, img_per_s=ips, seconds=dt,
+                           cpu_seconds=time.process_time() - c0)  # this process's CPU time (threads included)
         if self.info.main and not bar:
             self.log(f"epoch {self.epoch}: loss {loss:.4f}, {ips:.0f} img/s, {dt:.1f} s")
 

@@ -1,4 +1,7 @@
 import io
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP, as importing fastbd does (README "CPU threads")
 from contextlib import contextmanager
 from pathlib import Path
 

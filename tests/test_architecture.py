@@ -6,7 +6,7 @@ runs the package files `a/__init__.py` and `a/b/__init__.py`, so those count for
 
 1. The compiler (`beton_builders`) imports nothing of training (`fastbd`).
 2. Methods and losses import neither the trainer, nor the loaders (`fastbd.data`), nor evaluation.
-3. Evaluation, and the defense's method, never import the trainer. `fastbd/distill.py` is exempt by design:
+3. Evaluation, the distillation defense's method and the defenses (fastbd/defenses/) never import the trainer. `fastbd/distill.py` is exempt by design:
    it is the distillation defense's preset of a *training* config, run by the one Trainer.
 4. Nothing in the library imports the CLI.
 And no module imports itself through others (no import cycle), and no file is over 400 lines.
@@ -114,9 +114,9 @@ def test_wall_2_methods_and_losses_import_no_trainer_loader_or_evaluation():
     assert _breaks(("fastbd.methods", "fastbd.losses"), forbidden) == {}
 
 
-def test_wall_3_evaluation_and_the_defense_never_import_the_trainer():
+def test_wall_3_evaluation_and_the_defenses_never_import_the_trainer():
     sources = ("fastbd.evaluate", "fastbd.monitor", "fastbd.metrics", "fastbd.report", "fastbd.plots",
-               "fastbd.methods.compress")
+               "fastbd.methods.compress", "fastbd.defenses")
     assert _breaks(sources, ("fastbd.train",)) == {}
 
 

@@ -12,6 +12,7 @@ from beton_builders.spec import PoisonSpec
 from fastbd import __version__
 from fastbd.cli import CONFIG_KINDS, app
 from fastbd.config import load_config, to_dict
+from fastbd.defenses.patchsearch import PatchSearchConfig
 from fastbd.distill import DISTILL_DEFAULTS
 from fastbd.evaluate import EvalConfig
 from fastbd.sweep.plan import SweepConfig
@@ -32,9 +33,9 @@ def test_config_lists_every_key_with_its_value_and_a_comment(kind):
     assert r.exit_code == 0, r.output
     listed = yaml.safe_load(r.output.replace(": ???", ": '???'"))
     cls = {"train": TrainConfig, "distill": TrainConfig, "eval": EvalConfig, "build": PoisonSpec,
-           "sweep": SweepConfig}[kind]
+           "sweep": SweepConfig, "patchsearch": PatchSearchConfig}[kind]
     required = {"train": "data.path=x", "distill": "data.path=x", "eval": "data=x", "build": "name=default",
-                "sweep": "poison=x"}[kind]
+                "sweep": "poison=x", "patchsearch": "data=x"}[kind]
     defaults = to_dict(load_config(cls, None, [required], DISTILL_DEFAULTS if kind == "distill" else ()))
     key = required.split("=")[0]
     node = defaults
@@ -63,7 +64,7 @@ def _fields_without_comments(cls, seen) -> list[str]:
 def test_every_config_field_carries_its_unit_in_a_comment():
     """The project's rule, checked on every config a command loads (recipes and sweep entries included)."""
     seen: set = set()
-    configs = (TrainConfig, EvalConfig, PoisonSpec, SweepConfig)
+    configs = (TrainConfig, EvalConfig, PoisonSpec, SweepConfig, PatchSearchConfig)
     assert [m for c in configs for m in _fields_without_comments(c, seen)] == []
 
 
@@ -73,7 +74,7 @@ def test_config_shows_overrides_and_names_bad_keys(tmp_path):
     r = runner.invoke(app, ["config", "train", "data.rez=112"])
     assert r.exit_code == 2 and "error:" in r.output and "data.rez" in r.output and "Traceback" not in r.output
     r = runner.invoke(app, ["config", "nope"])
-    assert r.exit_code == 2 and "'nope' is not one of train, eval, distill, build, sweep" in r.output
+    assert r.exit_code == 2 and "'nope' is not one of train, eval, distill, build, sweep, patchsearch" in r.output
 
 
 def test_one_error_path_for_every_command(tmp_path, tiny_build):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .base import BACKENDS, RECIPES, Batch, DataConfig, Recipe, resolve_recipes
@@ -12,13 +13,18 @@ __all__ = ["BACKENDS", "RECIPES", "Batch", "DataConfig", "Recipe", "make_loader"
 
 
 def make_loader(cfg: DataConfig, views: list[str] | tuple[str, ...], *, device: torch.device, seed: int,
-                rank: int = 0, world: int = 1, shuffle: bool = True):
-    """An iterable of Batch for this rank; `len()` batches per epoch; `set_epoch(e)` before each epoch."""
+                rank: int = 0, world: int = 1, shuffle: bool = True, subset=None):
+    """An iterable of Batch for this rank; `len()` batches per epoch; `set_epoch(e)` before each epoch.
+    `subset`: read exactly these train.beton indices instead of the config's training set (a defense's
+    own selection, e.g. PatchSearch's poison-classifier pool)."""
     if cfg.backend not in BACKENDS:
         raise ValueError(f"data.backend: {cfg.backend!r} is not one of {BACKENDS}")
     if cfg.batch_size % world:
         raise ValueError(f"data.batch_size: {cfg.batch_size} does not split evenly over {world} ranks")
-    _, indices = dataset_indices(cfg.path, cfg.rate, cfg.verify_files, cfg.clean_fraction, seed)
+    if subset is None:
+        _, indices = dataset_indices(cfg.path, cfg.rate, cfg.verify_files, cfg.clean_fraction, seed, cfg.indices)
+    else:
+        indices = np.asarray(subset, np.int64)
     recipes = resolve_recipes(list(views), cfg.recipes)
     args = dict(folder=cfg.path, indices=indices, recipes=recipes, res=cfg.res, batch=cfg.batch_size // world,
                 workers=cfg.workers, device=device, seed=seed, rank=rank, world=world,

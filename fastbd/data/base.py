@@ -64,6 +64,7 @@ class DataConfig:
     backend: str = "ffcv"  # ffcv | dali | torch
     rate: Optional[float] = None  # poison rate from the manifest; None = the largest built, 0 = clean
     clean_fraction: Optional[float] = None  # distillation: this seeded fraction of the clean images, never a poisoned one
+    indices: Optional[str] = None  # an index list FILE.npy into train.beton (a defense's filtered set, FILE.json beside it), checked against this build; replaces the rate's set
     res: int = 224  # px, side of every output view
     batch_size: int = 256  # images per step, summed over all ranks (per-rank = batch_size / world)
     workers: int = 8  # CPU threads / processes per rank for decoding

@@ -63,16 +63,18 @@ def _walk(path: str):
 
 
 def dataset_indices(folder: str | Path, rate: float | None, check: bool = True,
-                    clean_fraction: float | None = None, seed: int = 0) -> tuple[dict, np.ndarray]:
+                    clean_fraction: float | None = None, seed: int = 0,
+                    indices: str | Path | None = None) -> tuple[dict, np.ndarray]:
     """The manifest and the training index list (manifest.training_set: a poison `rate`'s, None: the largest
-    built, or with `clean_fraction` the distillation clean subset), after checking the files' sha256."""
+    built, with `clean_fraction` the distillation clean subset, or an `indices` file such as a defense's
+    filtered set), after checking the files' sha256."""
     m = load_manifest(folder)
     if check:
         bad = verify_files(folder, m)
         if bad:
             raise ValueError(f"{folder}: files differ from manifest.json (sha256): {bad}; rebuild, or set "
                              "data.verify_files=false to train anyway")
-    return m, training_set(m, rate, clean_fraction, seed)
+    return m, training_set(m, rate, clean_fraction, seed, indices)
 
 
 def epoch_order(indices: np.ndarray, seed: int, epoch: int, rank: int, world: int, batch: int,

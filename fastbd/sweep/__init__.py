@@ -6,7 +6,8 @@
 The grid (poison rates x triggers x targets x methods x seeds, label fractions and the distillation defense
 as stages of each run) expands into a plan (fastbd/sweep/plan.py); builds run once per trigger/target pair
 with every rate nested in one file; each run is train -> eval per label fraction -> distill per clean
-fraction -> eval (fastbd/sweep/stages.py); executors run the queue (fastbd/sweep/executors.py); driver.py
+fraction -> eval, and with grid.patchsearch -> PatchSearch -> retrain on its filtered set -> eval
+(fastbd/sweep/stages.py); executors run the queue (fastbd/sweep/executors.py); driver.py
 ties them together and results.py collects the report's rows. The sweep folder describes itself:
 
     SWEEP/sweep.yaml        the resolved sweep config         SWEEP/plan.json     every build and run, resolved

@@ -33,6 +33,7 @@ def _plan_lines(plan: dict, states: dict[str, str], builds_todo: list[str]) -> l
         p, b = r["params"], plan["builds"][r["build"]]
         on = f"{b['trigger']} -> {b['target']}" if len(r["attacks"]) == 1 else f"clean, on {len(r['attacks'])} pairs"
         extra = f" +{len(r['distills'])} distill" if r["distills"] else ""
+        extra += " +patchsearch" if r.get("patchsearch") else ""
         lines.append(f"  {states[r['id']]:<8}{r['id']}  {p['method']:<8} rate {p['rate']:<6g} seed {p['seed']:<3} "
                      f"{on}{extra}")
     return lines

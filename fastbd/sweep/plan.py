@@ -2,7 +2,7 @@
 
 A run is one trained encoder (method x trigger x target x poison rate x seed) with its stages: train,
 one linear-probe eval per label fraction, and, if asked, one distilled student per clean fraction with
-its own evals. A clean control (rate 0) does not depend on the trigger or target, so it is trained once
+its own evals, and the PatchSearch defense (filter, retrain on the filtered set, evals). A clean control (rate 0) does not depend on the trigger or target, so it is trained once
 per method and seed and evaluated against every trigger/target pair. Every poison rate of one trigger/target pair reads the same nested-rate build
 (beton_builders: the rate-r1 poisoned set lies within the rate-r2 set), so a rate sweep compiles the
 data once. A run's id hashes its resolved build spec and training config; label and clean fractions
@@ -40,6 +40,7 @@ class GridConfig:
     clean_fractions: list[float] = field(default_factory=list)  # distillation defense, one student each (paper: 0.25, 0.1, 0.05); empty: off
     distill_clean: bool = False  # also distil the rate-0 controls (the paper defends only poisoned encoders)
     share_clean: bool = True  # train each rate-0 control once per method and seed, evaluate it on every trigger/target pair
+    patchsearch: bool = False  # the PatchSearch defense on each poisoned encoder: filter its training set, retrain on the rest, evaluate
 
 
 @dataclass
@@ -78,6 +79,7 @@ class SweepConfig:
     eval_overrides: list[str] = field(default_factory=list)  # key=value on every evaluation, e.g. res=112 resize=128
     distill_config: Optional[str] = None  # YAML overrides of the CompRess defaults; relative to the sweep file
     distill_overrides: list[str] = field(default_factory=list)  # key=value on every distillation
+    patchsearch_overrides: list[str] = field(default_factory=list)  # key=value on every PatchSearch defense, e.g. res=32 search.clusters=100
     grid: GridConfig = field(default_factory=GridConfig)
     local: LocalConfig = field(default_factory=LocalConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
@@ -214,6 +216,30 @@ def _distill_cfgs(cfg: SweepConfig, train, seed: int, run_dir: Path) -> dict[str
     return out
 
 
+def _patchsearch_cfgs(cfg: SweepConfig, train, seed: int, run_dir: Path) -> dict:
+    """The PatchSearch defense of one poisoned run (RUN/patchsearch/) and the retraining on its filtered index
+    list (RUN/patchsearch_train/: the run's own training config, reading data.indices instead of the rate's set)."""
+    from fastbd.defenses.patchsearch import PatchSearchConfig
+
+    out = run_dir / "patchsearch"
+    defend = load_config(PatchSearchConfig, None, [*cfg.patchsearch_overrides, f"data={train.data.path}",
+                                                   f"seed={seed}", f"out={out}"])
+    retrain = to_dict(train)
+    retrain["data"]["indices"] = str(out / "filtered_indices.npy")
+    retrain["out"] = str(run_dir / "patchsearch_train")
+    return {"defend": to_dict(defend), "train": retrain}
+
+
+def train_identity(train: dict) -> dict:
+    """A training config without what names folders or only lets it meet a build (out, data.path,
+    data.allow_other_data) and without data.indices while it is unset: fields added later with their
+    defaults are no part of an identity, so existing sweeps keep their run ids and stages."""
+    d = without(train, "out", "data.path", "data.allow_other_data")
+    if d.get("data", {}).get("indices", 0) is None:
+        d["data"].pop("indices")
+    return d
+
+
 def _training_identity(cfg: SweepConfig, build: dict, rate: float) -> dict:
     """What a run's training data depends on. A clean control (rate 0) reads only the clean images, which are
     the same bytes in every trigger/target build of one source (the trigger, target and poisoning seed only
@@ -228,7 +254,9 @@ def make_plan(cfg: SweepConfig) -> dict:
 
     Each run: id, dir, build (the id it trains on), params {method, rate, seed}, attacks (build ids it is
     evaluated on: one, or every pair for a shared clean control), train (TrainConfig dict), evals
-    [{build, cfg (EvalConfig dict)}], distills {cf0.25: TrainConfig dict}, distill_evals {cf0.25: [...]}.
+    [{build, cfg (EvalConfig dict)}], distills {cf0.25: TrainConfig dict}, distill_evals {cf0.25: [...]},
+    and with grid.patchsearch, on poisoned runs: patchsearch {defend (PatchSearchConfig dict), train
+    (TrainConfig dict of the retraining)}, patchsearch_evals [...].
     """
     root = Path(cfg.out).absolute()
     builds = _builds(cfg, root)
@@ -237,8 +265,7 @@ def make_plan(cfg: SweepConfig) -> dict:
         b = builds[pair]
         train = _train_cfg(cfg, method, b, rate, seed)
         # allow_other_data changes no number, so it is no part of a run's identity (nor its stage's)
-        rid = digest({**_training_identity(cfg, b, rate),
-                      "train": without(to_dict(train), "out", "data.path", "data.allow_other_data")})
+        rid = digest({**_training_identity(cfg, b, rate), "train": train_identity(to_dict(train))})
         if rid in runs:
             if rate == 0 and cfg.grid.share_clean and b["id"] not in runs[rid]["attacks"]:
                 runs[rid]["attacks"].append(b["id"])
@@ -250,10 +277,15 @@ def make_plan(cfg: SweepConfig) -> dict:
         runs[rid] = {"id": rid, "dir": str(run_dir), "build": b["id"], "attacks": [b["id"]],
                      "params": {"method": method, "rate": float(rate), "seed": seed}, "train": to_dict(train),
                      "distills": _distill_cfgs(cfg, train, seed, run_dir) if rate > 0 or cfg.grid.distill_clean else {}}
+        if cfg.grid.patchsearch and rate > 0:  # only when asked, so plan.json of other sweeps stays as it was
+            runs[rid]["patchsearch"] = _patchsearch_cfgs(cfg, train, seed, run_dir)
     by_id = {b["id"]: b for b in builds.values()}
     for r in runs.values():
         attacked = [by_id[a] for a in r["attacks"]]
         r["evals"] = _eval_cfgs(cfg, attacked, r["params"]["seed"], Path(r["dir"]) / "train", r["build"])
         r["distill_evals"] = {k: _eval_cfgs(cfg, attacked, r["params"]["seed"], Path(d["out"]), r["build"])
                               for k, d in r["distills"].items()}
+        if r.get("patchsearch"):
+            r["patchsearch_evals"] = _eval_cfgs(cfg, attacked, r["params"]["seed"],
+                                                Path(r["patchsearch"]["train"]["out"]), r["build"])
     return {"name": cfg.name, "root": str(root), "builds": by_id, "runs": list(runs.values())}

@@ -17,10 +17,13 @@ from fastbd.sweep.stages import load_plan, read_json
 
 
 def _variants(run: dict) -> list[tuple[str, Optional[float], list[dict]]]:
-    """(defense, clean_fraction, eval entries) of a run: the attacked encoder, then each student."""
+    """(defense, clean_fraction, eval entries) of a run: the attacked encoder, then each student, then the
+    model retrained on PatchSearch's filtered set."""
     out = [("none", None, run["evals"])]
     for k, d in run["distills"].items():
         out.append(("distill", float(d["data"]["clean_fraction"]), run["distill_evals"][k]))
+    if run.get("patchsearch"):
+        out.append(("patchsearch", None, run["patchsearch_evals"]))
     return out
 
 
@@ -66,11 +69,33 @@ def collect_curves(sweep_dir: str | Path) -> list[dict]:
         p = run["params"]
         folders = [("none", None, run["train"]["out"])]
         folders += [("distill", float(d["data"]["clean_fraction"]), d["out"]) for d in run["distills"].values()]
+        if run.get("patchsearch"):
+            folders.append(("patchsearch", None, run["patchsearch"]["train"]["out"]))
         for defense, cf, folder in folders:
             checks = [r for r in read_metrics(folder) if r.get("kind") == "backdoor"]
             if checks:
                 out.append({"run_id": run["id"], "method": p["method"], "rate": p["rate"], "seed": p["seed"],
                             "defense": defense, "clean_fraction": cf, "checks": checks})
+    return out
+
+
+def collect_defenses(sweep_dir: str | Path) -> list[dict]:
+    """One row per finished PatchSearch defense: its detection scored against the manifest and its cost."""
+    plan = load_plan(sweep_dir)
+    out = []
+    for run in plan["runs"]:
+        ps = run.get("patchsearch")
+        rep = read_json(Path(ps["defend"]["out"]) / "report.json") if ps else None
+        if rep is None:
+            continue
+        s, b, p = rep["scored_against_manifest"], plan["builds"][run["build"]], run["params"]
+        out.append({"run_id": run["id"], "method": p["method"], "trigger": b["trigger"], "target": b["target"],
+                    "rate": p["rate"], "seed": p["seed"], "training_images": s["training_images"],
+                    "poisoned": s["poisoned_images"], **{k: s["removed"][k] for k in
+                                                         ("count", "precision", "recall", "poisoned_left")},
+                    "ap_search": s["average_precision"]["search"], "ap_classifier": s["average_precision"]["classifier"],
+                    "iou_mean": s["boxes"]["iou"]["mean"], "defense_s": rep["cost"]["defense"]["wall_s"],
+                    "train_s": rep["cost"]["training"]["wall_s"]})
     return out
 
 
@@ -82,6 +107,7 @@ def report_sweep(sweep_dir: str | Path, log: Callable[[str], None] = print) -> l
     modes = {b["spec"]["attack"]["rate_mode"] for b in plan["builds"].values()}
     unit = RATE_UNITS.get(modes.pop()) if len(modes) == 1 else None
     paths = write_report(sweep_dir, rows, title=f"Sweep {plan['name']}",
-                         rate_label="poison rate" + (f" ({unit})" if unit else ""), curves=collect_curves(sweep_dir))
+                         rate_label="poison rate" + (f" ({unit})" if unit else ""), curves=collect_curves(sweep_dir),
+                         defenses=collect_defenses(sweep_dir))
     log(f"report: {sweep_dir / 'summary.md'} ({len(rows)} rows, {len(paths)} files)")
     return paths

@@ -1,6 +1,6 @@
 """One run of a sweep, stage by stage, and the state of every run on disk.
 
-A stage (train, distill, eval) is complete when its folder holds `.fastbd_stage.json` with the hash of
+A stage (train, distill, defend, eval) is complete when its folder holds `.fastbd_stage.json` with the hash of
 the config it ran; a train or distill stage with a checkpoint of the same config resumes from it
 (interrupted or preempted runs), anything else in its folder is cleared and the stage starts over.
 A run that raises is recorded in RUN/status.json (and the traceback in RUN/error.txt); the sweep goes on.
@@ -24,7 +24,7 @@ from typing import Callable, Optional
 from beton_builders.files import atomic_write_bytes, write_json
 from beton_builders.manifest import built
 from fastbd.config import from_dict, load_config, to_dict, to_yaml
-from fastbd.sweep.plan import digest, without
+from fastbd.sweep.plan import digest, train_identity, without
 
 MARKER = ".fastbd_stage.json"
 
@@ -51,8 +51,20 @@ def find_run(plan: dict, run_id: str) -> dict:
 
 def _train_hash(cfg: dict) -> str:
     # folders are not part of a stage's identity (the sweep folder may move); the teacher is the run's own;
-    # allow_other_data only lets a stage meet a build, it changes no number
-    return digest(without(cfg, "out", "data.path", "method.compress.teacher", "data.allow_other_data"))
+    # allow_other_data only lets a stage meet a build, it changes no number; an unset data.indices is left
+    # out (plan.train_identity), so stages finished before it existed stay done
+    return digest(without(train_identity(cfg), "method.compress.teacher"))
+
+
+def _defend_hash(cfg: dict) -> str:
+    # a defense's identity: its settings, not its folders or the checks that change no number
+    return digest(without(cfg, "out", "data", "allow_other_data", "verify_files"))
+
+
+def _retrain_hash(ps: dict) -> str:
+    # retraining on a defense's index list: the training config (the list's path is the defense's folder) and
+    # the defense that wrote the list
+    return digest([_train_hash(without(ps["train"], "data.indices")), _defend_hash(ps["defend"])])
 
 
 def _eval_hash(entry: dict) -> str:
@@ -67,7 +79,8 @@ def stage_done(folder: Path, h: str) -> bool:
 
 def stages(run: dict) -> list[tuple[str, str, dict, str, Optional[str]]]:
     """(kind, name, config, hash, upstream) in the order they run: train, its evals, then each distillation
-    and its evals. `upstream` is the train/distill folder a stage reads (an eval's encoder, a teacher)."""
+    and its evals, then PatchSearch (defend, retrain, evals). `upstream` is the folder a stage reads (an
+    eval's encoder, a teacher, the run a defense defends, the defense whose index list a retraining reads)."""
     train_dir = run["train"]["out"]
 
     def evals(entries, parent):
@@ -77,6 +90,11 @@ def stages(run: dict) -> list[tuple[str, str, dict, str, Optional[str]]]:
     for k, c in run["distills"].items():
         out.append(("train", f"distill_{k}", c, _train_hash(c), train_dir))
         out += evals(run["distill_evals"][k], c["out"])
+    ps = run.get("patchsearch")
+    if ps:  # defend (reads the train folder), retrain on the filtered list (reads the defense folder), evals
+        out.append(("defend", "patchsearch", ps["defend"], _defend_hash(ps["defend"]), train_dir))
+        out.append(("train", "patchsearch_train", ps["train"], _retrain_hash(ps), ps["defend"]["out"]))
+        out += evals(run["patchsearch_evals"], ps["train"]["out"])
     return out
 
 
@@ -134,6 +152,12 @@ def _torchrun(cfg: dict, folder: Path, resume: bool, nproc: int) -> None:
     subprocess.run(cmd, check=True)
 
 
+def _defend_stage(cfg: dict, run_dir: str, log: Callable[[str], None]) -> None:
+    from fastbd.defenses.patchsearch import PatchSearchConfig, patchsearch
+
+    patchsearch(from_dict(PatchSearchConfig, cfg, f"{cfg['out']}/config"), Path(run_dir), log=lambda s: log("  " + s))
+
+
 def _eval_stage(cfg: dict, encoder_run: str, log: Callable[[str], None]) -> None:
     from fastbd.evaluate import EvalConfig, evaluate
 
@@ -166,6 +190,9 @@ def run_one(sweep_dir: str | Path, run_id: str, nproc: int = 1, log: Callable[[s
             if kind == "train":
                 _train_stage(cfg, up in redone, nproc, log)
                 redone.add(str(folder))
+            elif kind == "defend":
+                _defend_stage(cfg, up, log)
+                redone.add(str(folder))  # a new index list: the retraining on it starts over
             else:
                 _eval_stage(cfg, up, log)
             write_json(folder / MARKER, {"stage": stage, "hash": h, "seconds": time.perf_counter() - t0,
