@@ -87,13 +87,7 @@ def render(seed: int, split: str, index: int, label: int, num_classes: int,
         height = max(8, int(round(height * rng.uniform(1 - size_jitter, 1 + size_jitter))))
     shape, hue, orient, freq = _class_params(label, num_classes)
     # Background: a class-independent colour gradient plus a grating at the class's orientation.
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    scale = 96.0 / max(width, height)
-    c0 = np.array(_rgb(rng.random(), rng.uniform(0.0, background_saturation), rng.uniform(0.3, 0.8)), np.float32)
-    c1 = np.array(_rgb(rng.random(), rng.uniform(0.0, background_saturation), rng.uniform(0.3, 0.8)), np.float32)
-    g = rng.random() * 2 * np.pi
-    t = (np.cos(g) * xx / width + np.sin(g) * yy / height + 1) / 2
-    img = c0 + (c1 - c0) * t[..., None]
+    img, xx, yy, scale = _gradient(rng, width, height, background_saturation)
     theta = orient + rng.normal(0, 0.12)
     phase = rng.random() * 2 * np.pi
     grating = np.sin(2 * np.pi * freq * scale * (np.cos(theta) * xx + np.sin(theta) * yy) + phase)
@@ -146,17 +140,24 @@ def cutout(seed: int, index: int, label: int, num_classes: int, size: int,
     return np.clip(out, 0, 255).astype(np.uint8)[crop], m[crop]
 
 
-def backdrop(seed: int, index: int, width: int, height: int, background_saturation: float = 0.15) -> np.ndarray:
-    """An object-free scene: `render`'s background (a colour gradient and a grating, here at a random
-    orientation and frequency, so it belongs to no class), lighting and noise. (height, width, 3) uint8."""
-    rng = np.random.default_rng([seed, BACKDROP_STREAM, index])
+
+def _gradient(rng: np.random.Generator, width: int, height: int, background_saturation: float):
+    """A linear gradient between two low-saturation colours at a random angle: (img float32 (h, w, 3), xx,
+    yy, scale), the pixel grids and the 96-px frequency scale the grating on top of it uses. The rng draws
+    are the same, in the same order, for `render` and `backdrop` (their bytes depend on it)."""
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     scale = 96.0 / max(width, height)
     c0 = np.array(_rgb(rng.random(), rng.uniform(0.0, background_saturation), rng.uniform(0.3, 0.8)), np.float32)
     c1 = np.array(_rgb(rng.random(), rng.uniform(0.0, background_saturation), rng.uniform(0.3, 0.8)), np.float32)
     g = rng.random() * 2 * np.pi
     t = (np.cos(g) * xx / width + np.sin(g) * yy / height + 1) / 2
-    img = c0 + (c1 - c0) * t[..., None]
+    return c0 + (c1 - c0) * t[..., None], xx, yy, scale
+
+def backdrop(seed: int, index: int, width: int, height: int, background_saturation: float = 0.15) -> np.ndarray:
+    """An object-free scene: `render`'s background (a colour gradient and a grating, here at a random
+    orientation and frequency, so it belongs to no class), lighting and noise. (height, width, 3) uint8."""
+    rng = np.random.default_rng([seed, BACKDROP_STREAM, index])
+    img, xx, yy, scale = _gradient(rng, width, height, background_saturation)
     theta, freq, phase = rng.random() * np.pi, rng.uniform(0.06, 0.11), rng.random() * 2 * np.pi
     img += (rng.uniform(18, 34) * np.sin(2 * np.pi * freq * scale * (np.cos(theta) * xx + np.sin(theta) * yy)
                                          + phase))[..., None]
