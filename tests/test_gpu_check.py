@@ -20,8 +20,8 @@ def gpu_check(out: Path, work: Path, **env) -> subprocess.CompletedProcess:
                           text=True, timeout=1500)
 
 
-def load_module():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+def load_module(name: str = "gpu_check"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -94,12 +94,10 @@ def test_the_cpu_rehearsal_runs_end_to_end(tmp_path):
 def test_the_build_without_ffcv_writes_empty_betons_and_the_shards(tmp_path):
     """The GPU check's build on a machine without FFCV (the first H100 run failed here: the package's build()
     function shadowed the submodule the stand-in patched)."""
-    spec = importlib.util.spec_from_file_location("train_throughput", ROOT / "benchmarks" / "train_throughput.py")
-    tt = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tt)
+    import beton_builders.ffcv_writer as fw
     from beton_builders.spec import load_spec
 
-    import beton_builders.ffcv_writer as fw
+    tt = load_module("train_throughput")
     before = fw.write_beton
     s = load_spec(None, ["source.synthetic.num_classes=2", "source.synthetic.train_per_class=3",
                          "source.synthetic.val_per_class=1", "storage.max_resolution=32"])
@@ -107,5 +105,4 @@ def test_the_build_without_ffcv_writes_empty_betons_and_the_shards(tmp_path):
     assert (tmp_path / "d" / "manifest.json").is_file()
     assert (tmp_path / "d" / "train.beton").stat().st_size == 0
     assert any((tmp_path / "d" / "dali").iterdir())
-    import beton_builders.build as b
     assert sys.modules["beton_builders.build"].write_beton is fw.write_beton is before  # restored
