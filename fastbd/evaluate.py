@@ -140,7 +140,8 @@ def extract(net, folder: Path, split: str, indices: Optional[np.ndarray], cfg: E
     return torch.cat(feats), torch.cat(labels)
 
 
-def labelled_subset(manifest: dict, labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+def labelled_subset(manifest: dict, labels: np.ndarray, fraction: float, seed: int,
+                    where: str | Path = "manifest.json") -> np.ndarray:
     """Class-balanced, seeded indices into train.beton's clean part, never an image that was poisoned
     at any rate (its clean copy is left out too, so no probe label ever sees a poisoning candidate)."""
     n_clean = manifest["counts"]["train_clean"]
@@ -149,7 +150,14 @@ def labelled_subset(manifest: dict, labels: np.ndarray, fraction: float, seed: i
     out = []
     for c in np.unique(labels[:n_clean]):
         k = max(1, int(round(fraction * (labels[:n_clean] == c).sum())))
-        out.extend(rng.permutation(pool[labels[pool] == c])[:k].tolist())
+        mine = pool[labels[pool] == c]
+        if len(mine) == 0:  # e.g. attack.rates [1.0]: every target image has a poisoned copy
+            names = manifest["source"].get("classes") or []
+            name = names[c] if c < len(names) else str(c)
+            raise ValueError(f"{where}: class {name!r} has no never-poisoned "
+                             "training image, so the probe and kNN bank would have none of it; build with a "
+                             "rate below 1.0 of the class (the paper poisons 0.5)")
+        out.extend(rng.permutation(mine)[:k].tolist())
     return np.sort(np.asarray(out, np.int64))
 
 
@@ -298,7 +306,8 @@ def evaluate(cfg: EvalConfig, run: Optional[Path] = None, checkpoint: Optional[P
     names = M.read_class_names(cfg.class_names, classes) if cfg.class_names else classes  # fail before the work
     target = manifest["target"]["index"] if manifest["target"] else None
     train_labels = TarSamples(folder, "train").label
-    subset = labelled_subset(manifest, train_labels, cfg.probe.label_fraction, cfg.seed)
+    subset = labelled_subset(manifest, train_labels, cfg.probe.label_fraction, cfg.seed,
+                             folder / "manifest.json")
     phase(f"features of {len(subset)} labelled train images")
     xtr, ytr = extract(net, folder, "train", subset, cfg, device)
     phase("features of val")

@@ -45,7 +45,8 @@ class BackdoorMonitor:
         manifest = load_manifest(self.folder)
         self.target = manifest["target"]["index"] if manifest["target"] else None
         self.num_classes = len(manifest["source"]["classes"])
-        self.bank = labelled_subset(manifest, TarSamples(self.folder, "train").label, cfg.label_fraction, seed)
+        self.bank = labelled_subset(manifest, TarSamples(self.folder, "train").label, cfg.label_fraction, seed,
+                                    self.folder / "manifest.json")
         res = cfg.res or res
         # in-process reading (workers=0): a few thousand small images, not worth forking loader processes
         self.ecfg = replace(EvalConfig(data=str(self.folder)), res=res, resize=cfg.resize or round(res * 8 / 7),

@@ -47,6 +47,19 @@ def test_labelled_subset_is_balanced_seeded_and_clean(tiny_build):
     assert counts.tolist() == [6, 6, 6, 6]  # round(0.5 * 12) per class
 
 
+def test_a_class_with_no_clean_image_left_is_a_clear_error(tiny_build):
+    # attack.rates [1.0]: every target-class image has a poisoned copy, so neither the probe nor the kNN
+    # bank would see the class; that must fail, naming the file and the class, not train a 3-class probe
+    m = load_manifest(tiny_build)
+    from fastbd.data.samples import TarSamples
+    labels = TarSamples(tiny_build, "train").label.copy()
+    poisoned = {p["clean_index"] for p in m["poisoned"]}
+    target = labels[next(iter(poisoned))]
+    labels[[i for i in range(m["counts"]["train_clean"]) if labels[i] == target and i not in poisoned]] = (target + 1) % 4
+    with pytest.raises(ValueError, match=r"tiny/manifest.json: class .* has no never-poisoned training image"):
+        labelled_subset(m, labels, 0.5, seed=0, where=tiny_build / "manifest.json")
+
+
 def test_normalise_and_knn():
     g = torch.Generator().manual_seed(0)
     tr, te = torch.randn(50, 8, generator=g), torch.randn(10, 8, generator=g)
