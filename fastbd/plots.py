@@ -155,10 +155,13 @@ def heatmap_png(path, cm, class_names: Sequence[str] | None = None, title: str =
 
 
 def _curve_series(curves: Sequence[Row], key) -> dict[tuple, list[tuple[int, float, float | None]]]:
-    """(method, poisoned?, defense, clean_fraction) -> [(epoch, mean, std)] over seeds, of key(check)."""
+    """(method, trigger, rate, defense, clean_fraction) -> [(epoch, mean, std)] over seeds, of key(check).
+    Rates and triggers stay apart (averaging a 0.05 and a 0.5 run into one line would hide both); the clean
+    control (rate 0) is one line whatever build it was checked on."""
     pts: dict[tuple, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for c in curves:
-        line = (c["method"], bool(c["rate"]), c["defense"], c["clean_fraction"])
+        rate = float(c["rate"] or 0)
+        line = (c["method"], c.get("trigger") if rate else None, rate, c["defense"], c["clean_fraction"])
         for chk in c["checks"]:
             v = key(chk)
             if v is not None:
@@ -186,18 +189,27 @@ def plot_curves(curves: Sequence[Row], out_dir: Path) -> list[Path]:
               (lambda chk: None if chk.get("knn_clean_top1") is None else 100.0 * chk["knn_clean_top1"],
                "kNN top-1 (%)"))
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+    rates = {float(c["rate"]) for c in curves if c["rate"]}
+    triggers = {c.get("trigger") for c in curves if c["rate"]}
+    markers = {r: "os^vD<>p"[i % 8] for i, r in enumerate(sorted(rates))}
     for ax, (key, ylabel) in zip(axes, panels):
         series = _curve_series(curves, key)
-        for line in sorted(series, key=lambda ln: (str(ln[0]), not ln[1], str(ln[2]), ln[3] or 0.0)):
-            method, poisoned, defense, cf = line
+        for line in sorted(series, key=lambda ln: (str(ln[0]), not ln[2], str(ln[1]), ln[2], str(ln[3]), ln[4] or 0.0)):
+            method, trigger, rate, defense, cf = line
             x = [p[0] for p in series[line]]
             y = [p[1] for p in series[line]]
             sd = [0.0 if p[2] is None else p[2] for p in series[line]]
-            style = ":" if defense not in (None, "none") else ("-" if poisoned else "--")
-            label = f"{method} {'poisoned' if poisoned else 'clean'}"
+            style = ":" if defense not in (None, "none") else ("-" if rate else "--")
+            what = "poisoned" if rate else "clean"
+            if rate and len(triggers) > 1:
+                what += f" {trigger}"
+            if rate and len(rates) > 1:
+                what += f" {rate:g}"
+            label = f"{method} {what}"
             if defense not in (None, "none"):
                 label += f" + {defense_label(defense, cf)}"
-            ax.plot(x, y, linestyle=style, marker="o", markersize=3, color=colors[str(method)], label=label)
+            ax.plot(x, y, linestyle=style, marker=markers.get(rate, "o"), markersize=3, color=colors[str(method)],
+                    label=label)
             if any(sd):
                 ax.fill_between(x, [a - b for a, b in zip(y, sd)], [a + b for a, b in zip(y, sd)],
                                 color=colors[str(method)], alpha=0.12)

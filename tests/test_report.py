@@ -166,3 +166,11 @@ def test_backdoor_curves_plot_poisoned_against_clean(tmp_path: Path):
     assert plot_curves([], tmp_path / "none") == [] and not (tmp_path / "none").exists()
     names = {p.name for p in write_report(tmp_path / "rep", _rows(), "with curves", curves=curves)}
     assert "backdoor_epochs.png" in names
+    # a study over rates keeps each rate its own line (not one "poisoned" mean of 0.05 and 0.5), and the
+    # clean control is one line whichever trigger's build it was checked on
+    from fastbd.plots import _curve_series
+    study = [curve(0.5, 0, [5, 40, 90]), curve(0.05, 0, [5, 9, 9]), curve(0.0, 0, [5, 6, 7])]
+    series = _curve_series(study, lambda chk: chk["knn_target_fp"])
+    assert {line[2]: [p[1] for p in pts] for line, pts in series.items()} == {
+        0.5: [5, 40, 90], 0.05: [5, 9, 9], 0.0: [5, 6, 7]}
+    assert plot_curves(study, tmp_path / "study")

@@ -75,6 +75,7 @@ def collect_curves(sweep_dir: str | Path) -> list[dict]:
             checks = [r for r in read_metrics(folder) if r.get("kind") == "backdoor"]
             if checks:
                 out.append({"run_id": run["id"], "method": p["method"], "rate": p["rate"], "seed": p["seed"],
+                            "trigger": plan["builds"][run["build"]]["trigger"],
                             "defense": defense, "clean_fraction": cf, "checks": checks})
     return out
 
