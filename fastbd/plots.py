@@ -191,7 +191,8 @@ def plot_curves(curves: Sequence[Row], out_dir: Path) -> list[Path]:
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
     rates = {float(c["rate"]) for c in curves if c["rate"]}
     triggers = {c.get("trigger") for c in curves if c["rate"]}
-    markers = {r: "os^vD<>p"[i % 8] for i, r in enumerate(sorted(rates))}
+    arms = sorted({(str(c.get("trigger")), float(c["rate"])) for c in curves if c["rate"]})
+    markers = {arm: "os^vD<>p"[i % 8] for i, arm in enumerate(arms)}  # one per poisoned trigger x rate
     for ax, (key, ylabel) in zip(axes, panels):
         series = _curve_series(curves, key)
         for line in sorted(series, key=lambda ln: (str(ln[0]), not ln[2], str(ln[1]), ln[2], str(ln[3]), ln[4] or 0.0)):
@@ -208,7 +209,7 @@ def plot_curves(curves: Sequence[Row], out_dir: Path) -> list[Path]:
             label = f"{method} {what}"
             if defense not in (None, "none"):
                 label += f" + {defense_label(defense, cf)}"
-            ax.plot(x, y, linestyle=style, marker=markers.get(rate, "o"), markersize=3, color=colors[str(method)],
+            ax.plot(x, y, linestyle=style, marker=markers.get((str(trigger), rate), "o"), markersize=3, color=colors[str(method)],
                     label=label)
             if any(sd):
                 ax.fill_between(x, [a - b for a, b in zip(y, sd)], [a + b for a, b in zip(y, sd)],
