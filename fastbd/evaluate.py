@@ -152,11 +152,10 @@ def labelled_subset(manifest: dict, labels: np.ndarray, fraction: float, seed: i
         k = max(1, int(round(fraction * (labels[:n_clean] == c).sum())))
         mine = pool[labels[pool] == c]
         if len(mine) == 0:  # e.g. attack.rates [1.0]: every target image has a poisoned copy
-            names = manifest["source"].get("classes") or []
-            name = names[c] if c < len(names) else str(c)
-            raise ValueError(f"{where}: class {name!r} has no never-poisoned "
-                             "training image, so the probe and kNN bank would have none of it; build with a "
-                             "rate below 1.0 of the class (the paper poisons 0.5)")
+            name = manifest["source"]["classes"][c]
+            raise ValueError(f"{where}: class {name!r} has no never-poisoned training image, so the probe and "
+                             "kNN bank would have none of it; build with a rate below 1.0 of the class (the "
+                             "paper poisons 0.5)")
         out.extend(rng.permutation(mine)[:k].tolist())
     return np.sort(np.asarray(out, np.int64))
 

@@ -189,28 +189,30 @@ def plot_curves(curves: Sequence[Row], out_dir: Path) -> list[Path]:
               (lambda chk: None if chk.get("knn_clean_top1") is None else 100.0 * chk["knn_clean_top1"],
                "kNN top-1 (%)"))
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
-    rates = {float(c["rate"]) for c in curves if c["rate"]}
-    triggers = {c.get("trigger") for c in curves if c["rate"]}
-    arms = sorted({(str(c.get("trigger")), float(c["rate"])) for c in curves if c["rate"]})
-    markers = {arm: "os^vD<>p"[i % 8] for i, arm in enumerate(arms)}  # one per poisoned trigger x rate
+    arms = sorted({(str(c.get("trigger")), float(c["rate"])) for c in curves if c["rate"]})  # poisoned trigger x rate
+    markers = {arm: "os^vD<>p"[i % 8] for i, arm in enumerate(arms)}
+    n_triggers, n_rates = len({t for t, _ in arms}), len({r for _, r in arms})
+
+    def order(ln):  # per method: poisoned lines first, then the clean one, then defenses
+        return str(ln[0]), not ln[2], str(ln[1]), ln[2], str(ln[3]), ln[4] or 0.0
     for ax, (key, ylabel) in zip(axes, panels):
         series = _curve_series(curves, key)
-        for line in sorted(series, key=lambda ln: (str(ln[0]), not ln[2], str(ln[1]), ln[2], str(ln[3]), ln[4] or 0.0)):
+        for line in sorted(series, key=order):
             method, trigger, rate, defense, cf = line
             x = [p[0] for p in series[line]]
             y = [p[1] for p in series[line]]
             sd = [0.0 if p[2] is None else p[2] for p in series[line]]
             style = ":" if defense not in (None, "none") else ("-" if rate else "--")
             what = "poisoned" if rate else "clean"
-            if rate and len(triggers) > 1:
+            if rate and n_triggers > 1:
                 what += f" {trigger}"
-            if rate and len(rates) > 1:
+            if rate and n_rates > 1:
                 what += f" {rate:g}"
             label = f"{method} {what}"
             if defense not in (None, "none"):
                 label += f" + {defense_label(defense, cf)}"
-            ax.plot(x, y, linestyle=style, marker=markers.get((str(trigger), rate), "o"), markersize=3, color=colors[str(method)],
-                    label=label)
+            ax.plot(x, y, linestyle=style, marker=markers.get((str(trigger), rate), "o"), markersize=3,
+                    color=colors[str(method)], label=label)
             if any(sd):
                 ax.fill_between(x, [a - b for a, b in zip(y, sd)], [a + b for a, b in zip(y, sd)],
                                 color=colors[str(method)], alpha=0.12)
