@@ -14,6 +14,12 @@ ResNet-18 at width 32, 32-px views of 64-px images, 5,000 images, kNN top-1 of t
 - `object_size`, the range of the object's radius as a fraction of the shorter side. Large objects keep
   their shape through 0.2-area random crops at 32 px; with 0.2-0.32 and the low-saturation background,
   kNN top-1 went from 61% at initialisation to 90% after 24 epochs.
+
+A third knob, `distractors`, is for the backdoor rather than the classes: small objects of any shape and hue
+(class-independent clutter) drawn under the class object. Without them, the images of a class are near
+duplicates of each other, and on some seeds MoCo v2 learnt the trigger as the one feature that tells poisoned
+target images from clean ones, pointing it away from the target class (README "The effect on a CPU").
+Clutter gives every image instance features of its own, as real photographs have.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from PIL import Image, ImageDraw
 SHAPES = ("ellipse", "square", "triangle", "ring", "cross", "star", "diamond", "bars")
 COLOURS = ("red", "orange", "yellow", "lime", "green", "teal", "cyan", "blue", "violet", "pink")
 SPLIT_CODE = {"train": 0, "val": 1}
+DISTRACTOR_SIZE = (0.07, 0.12)  # distractor radius range, fraction of the shorter side (the object: 0.2-0.32)
 
 
 def class_names(num_classes: int) -> list[str]:
@@ -79,7 +86,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, cx, cy, r, rot, colour) ->
 
 def render(seed: int, split: str, index: int, label: int, num_classes: int,
            width: int, height: int, size_jitter: float, background_saturation: float = 0.15,
-           object_size: tuple[float, float] = (0.2, 0.32)) -> np.ndarray:
+           object_size: tuple[float, float] = (0.2, 0.32), distractors: int = 0) -> np.ndarray:
     """One RGB uint8 image of class `label`, a pure function of its arguments."""
     rng = np.random.default_rng([seed, SPLIT_CODE[split], index])
     if size_jitter > 0:
@@ -95,6 +102,7 @@ def render(seed: int, split: str, index: int, label: int, num_classes: int,
     pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
     # Foreground: the class's shape in the class's hue, at a random place, size and rotation.
     draw = ImageDraw.Draw(pil)
+    _draw_distractors(draw, [seed, SPLIT_CODE[split], index, DISTRACTOR_STREAM], distractors, width, height)
     m = min(width, height)
     r = m * rng.uniform(*object_size)
     cx, cy = rng.uniform(r, width - r), rng.uniform(r, height - r)
@@ -107,17 +115,17 @@ def render(seed: int, split: str, index: int, label: int, num_classes: int,
 
 def render_jpeg(seed: int, split: str, index: int, label: int, num_classes: int, width: int,
                 height: int, size_jitter: float, quality: int, background_saturation: float = 0.15,
-                object_size: tuple[float, float] = (0.2, 0.32)) -> bytes:
+                object_size: tuple[float, float] = (0.2, 0.32), distractors: int = 0) -> bytes:
     buf = io.BytesIO()
     arr = render(seed, split, index, label, num_classes, width, height, size_jitter, background_saturation,
-                 object_size)
+                 object_size, distractors)
     Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
 
 
 # ----- parts for composed poisons (CorruptEncoder, beton_builders/triggers/corruptencoder.py) -------------
 # Fresh draws, never images of the dataset: their own RNG streams, so the dataset's images do not change.
-OBJECT_STREAM, BACKDROP_STREAM = 7, 8
+OBJECT_STREAM, BACKDROP_STREAM, DISTRACTOR_STREAM = 7, 8, 9
 
 
 def cutout(seed: int, index: int, label: int, num_classes: int, size: int,
@@ -153,13 +161,36 @@ def _gradient(rng: np.random.Generator, width: int, height: int, background_satu
     t = (np.cos(g) * xx / width + np.sin(g) * yy / height + 1) / 2
     return c0 + (c1 - c0) * t[..., None], xx, yy, scale
 
-def backdrop(seed: int, index: int, width: int, height: int, background_saturation: float = 0.15) -> np.ndarray:
+def _draw_distractors(draw: ImageDraw.ImageDraw, stream: list[int], count: int, width: int, height: int) -> None:
+    """`count` small objects of random shape, hue and place, from their own RNG stream (`stream`), so the
+    image's other draws, and with count 0 its bytes, are those of a build without them."""
+    if count <= 0:
+        return
+    rng = np.random.default_rng(stream)
+    m = min(width, height)
+    for _ in range(count):
+        r = m * rng.uniform(*DISTRACTOR_SIZE)
+        kind = SHAPES[int(rng.integers(len(SHAPES)))]
+        cx, cy = rng.uniform(r, width - r), rng.uniform(r, height - r)
+        rot = rng.random() * 2 * np.pi
+        colour = _rgb(rng.random(), rng.uniform(0.4, 1.0), rng.uniform(0.5, 1.0))
+        _draw_shape(draw, kind, cx, cy, r, rot, colour)
+
+
+def backdrop(seed: int, index: int, width: int, height: int, background_saturation: float = 0.15,
+             distractors: int = 0) -> np.ndarray:
     """An object-free scene: `render`'s background (a colour gradient and a grating, here at a random
-    orientation and frequency, so it belongs to no class), lighting and noise. (height, width, 3) uint8."""
+    orientation and frequency, so it belongs to no class) and distractors, lighting and noise.
+    (height, width, 3) uint8."""
     rng = np.random.default_rng([seed, BACKDROP_STREAM, index])
     img, xx, yy, scale = _gradient(rng, width, height, background_saturation)
     theta, freq, phase = rng.random() * np.pi, rng.uniform(0.06, 0.11), rng.random() * 2 * np.pi
     img += (rng.uniform(18, 34) * np.sin(2 * np.pi * freq * scale * (np.cos(theta) * xx + np.sin(theta) * yy)
                                          + phase))[..., None]
+    if distractors > 0:
+        pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+        _draw_distractors(ImageDraw.Draw(pil), [seed, BACKDROP_STREAM, index, DISTRACTOR_STREAM], distractors,
+                          width, height)
+        img = np.asarray(pil, np.float32)
     img = img * rng.uniform(0.8, 1.15) + rng.normal(0, 4.0, size=(height, width, 1))
     return np.clip(img, 0, 255).astype(np.uint8)

@@ -54,3 +54,28 @@ def test_background_saturation_and_object_size_knobs():
     assert sat(colour_bg).mean() > sat(grey_bg).mean()
     big = render(0, "train", 7, 2, 10, 64, 64, 0.0, background_saturation=0.0, object_size=(0.3, 0.3))
     assert (sat(big) > 0.3).sum() > 3 * (sat(grey_bg) > 0.3).sum()
+
+
+def test_distractors_add_clutter_and_leave_the_default_bytes_alone():
+    """`distractors` draws from its own RNG stream: 0 gives the generator's bytes, and the class object, the
+    background and the noise are the same draws with it (only the clutter's pixels differ)."""
+    from PIL import Image
+
+    from beton_builders.synthetic import backdrop
+
+    base = render(0, "train", 7, 2, 10, 96, 96, 0.0)
+    assert (render(0, "train", 7, 2, 10, 96, 96, 0.0, distractors=0) == base).all()
+    clutter = render(0, "train", 7, 2, 10, 96, 96, 0.0, distractors=4)
+    assert (clutter == render(0, "train", 7, 2, 10, 96, 96, 0.0, distractors=4)).all()
+    changed = np.abs(clutter.astype(int) - base.astype(int)).max(2) > 40
+    assert 0.02 < changed.mean() < 0.5  # small objects, not a new image
+    sat = np.asarray(Image.fromarray(clutter).convert("HSV"))[..., 1]
+    assert (sat[changed] > 90).mean() > 0.5  # they are coloured, unlike the background
+    assert (backdrop(0, 3, 64, 64, 0.15, 0) == backdrop(0, 3, 64, 64)).all()
+    assert (backdrop(0, 3, 64, 64, 0.15, 3) != backdrop(0, 3, 64, 64)).any()
+
+
+def test_distractors_out_of_range_is_a_field_error(tmp_path):
+    r = CliRunner().invoke(app, ["make-synthetic", "--out", str(tmp_path / "s"), "source.synthetic.distractors=-1"])
+    assert r.exit_code == 2
+    assert "source.synthetic.distractors" in r.output

@@ -211,12 +211,12 @@ class CorruptEncoder(TriggerKind):
         self.bg_order = (None if self.backgrounds is None
                          else np.random.default_rng([spec.seed, BACKGROUND_STREAM]).permutation(len(self.backgrounds)))
         s = spec.source.synthetic
-        self.backdrop_args = (s.seed, s.width, s.height, s.background_saturation)
+        self.backdrop_args = (s.seed, s.width, s.height, s.background_saturation, s.distractors)
 
     def _background(self, slot: int) -> tuple[np.ndarray, str]:
         if self.backgrounds is None:
-            seed, w, h, sat = self.backdrop_args
-            return synthetic.backdrop(seed, slot, w, h, sat), f"synthetic/backdrop/{slot}"
+            seed, w, h, sat, k = self.backdrop_args
+            return synthetic.backdrop(seed, slot, w, h, sat, k), f"synthetic/backdrop/{slot}"
         name, path = self.backgrounds[int(self.bg_order[slot % len(self.backgrounds)])]
         return read_rgb(path), name
 

@@ -141,7 +141,7 @@ def synthetic_parts(spec, target: int) -> dict[str, list[Part]]:
         obj, mask = synthetic.cutout(s.seed, k, target, s.num_classes, size, tuple(s.object_size))
         side = max(size, *obj.shape[:2])
         # the whole reference image (what a support poison shows): the object in a scene
-        scene = synthetic.backdrop(s.seed, SCENE_INDEX + k, side, side, s.background_saturation)
+        scene = synthetic.backdrop(s.seed, SCENE_INDEX + k, side, side, s.background_saturation, s.distractors)
         y, x = (side - obj.shape[0]) // 2, (side - obj.shape[1]) // 2
         region = scene[y:y + obj.shape[0], x:x + obj.shape[1]]
         region[mask] = obj[mask]
@@ -151,6 +151,6 @@ def synthetic_parts(spec, target: int) -> dict[str, list[Part]]:
     supports = []
     for k in range(c.num_support):
         img = synthetic.render(s.seed, "train", first + k, target, s.num_classes, s.width, s.height, s.size_jitter,
-                               s.background_saturation, tuple(s.object_size))
+                               s.background_saturation, tuple(s.object_size), s.distractors)
         supports.append(Part(f"synthetic/train/{first + k:07d}", img, sha256=hashlib.sha256(img.tobytes()).hexdigest()))
     return {"references": refs, "supports": supports}
