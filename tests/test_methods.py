@@ -377,6 +377,12 @@ def test_short_run_traps_are_named():
 
     assert ring_warning("method.moco.queue", 65536, 5000) == ["method.moco.queue=65536 is capped to the 5000 training images"]
     assert ring_warning("method.moco.queue", 4096, 5000) == []
+    from fastbd.methods.moco import queue_share_warning
+
+    (w,) = queue_share_warning(4096, 5250)
+    assert "method.moco.queue=4096 holds 78% of the 5250 training images" in w
+    assert queue_share_warning(512, 5250) == [] and queue_share_warning(65536, 126689) == []  # 10%; the paper's 52%
+    assert "holds 100%" in queue_share_warning(65536, 5000)[0]  # capped: the cap's own note says so too
     (w,) = ema_warning("method.moco.momentum", 0.999, 300)
     assert "~1000 steps" in w and "300 steps" in w
     assert ema_warning("method.moco.momentum", 0.99, 900) == []  # 100 steps of 900
