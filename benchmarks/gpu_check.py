@@ -55,7 +55,12 @@ STEPS: dict[str, tuple[int, int, str]] = {
     "byol224": (300, 90, "BYOL 224 px eager: ceiling; dali, ffcv, torch alone and end to end"),
     "byol224c": (360, 150, "BYOL 224 px compiled: ceiling; dali, ffcv alone and end to end"),
     "r112": (300, 120, "MoCo v2 and BYOL 112 px eager: ceiling; every backend"),
+    "effect": (540, 240, "the backdoor study, configs/sweeps/effect_gpu.yaml through fastbd sweep; OUT/effect"),
 }
+# the effect step on the CPU: the same sweep on a 10x smaller build, one epoch, one seed (plumbing only)
+EFFECT_CPU = ["poison_overrides=[source.synthetic.distractors=3,source.synthetic.train_per_class=40,"
+              "source.synthetic.val_per_class=10]", "train_overrides=[epochs=1,monitor.every=1,data.workers=1]",
+              "grid.seeds=[0]", "local.cpu_parallel=2"]
 # sizes: (res "224", res "112", batch, timed steps, warm-up steps, images, workers per packed run)
 SIZES = dict(r224=32, r112=32, batch=8, steps=2, warmup=1, images=64, half=1) if CPU else \
     dict(r224=224, r112=112, batch=256, steps=30, warmup=5, images=12800, half=8)
@@ -235,6 +240,29 @@ class Check:
         bad = rc if rc else next((r for r in rcs if r != 0), 0)
         return bad, text, {"p5": res}
 
+    def _effect(self, name, cap):
+        """The backdoor study (configs/sweeps/effect_gpu.yaml) under what is left of the cap. Its sweep folder
+        lives in WORK, so a second call while the machine is warm resumes it; what finished, and every run's
+        in-training kNN checks (finished or not), go to OUT/effect as rows.json, curves.json and summary.md."""
+        sweep_dir, dest = self.work / "effect_gpu", self.out / "effect"
+        args = ["sweep", "--config", "configs/sweeps/effect_gpu.yaml", f"out={sweep_dir}", *(EFFECT_CPU if CPU else [])]
+        rc, text = self.proc(name, [sys.executable, "-c", "from fastbd.cli import app; app()", *args],
+                             max(1.0, cap - 30))  # 30 s kept for the report below
+        dest.mkdir(parents=True, exist_ok=True)
+        code = "import sys; sys.path.insert(0, 'benchmarks'); import gpu_check; gpu_check.effect_report(*sys.argv[1:])"
+        rc2, text2 = self.proc(f"{name}_report", [sys.executable, "-c", code, str(sweep_dir), str(dest)], 25)
+        for f in [sweep_dir / "summary.md", *sorted((sweep_dir / "plots").glob("*.png"))]:
+            if f.exists():
+                shutil.copy(f, dest / f.name)
+        rows = json.loads((dest / "rows.json").read_text()) if (dest / "rows.json").exists() else []
+        done = sum(r["state"] == "done" for r in rows)
+        extra = {"effect": {"rows_done": done, "rows": len(rows), "folder": "effect/"}}
+        if (dest / "summary.md").exists():  # into the call's output tail too, in case the files do not come back
+            print((dest / "summary.md").read_text()[:5000], flush=True)
+        if rc2:
+            extra["error"] = f"report: {text2.strip().splitlines()[-1][-300:] if text2.strip() else rc2}"
+        return rc, text + text2, extra
+
     # ----- output ------------------------------------------------------------------------------------------
 
     def write(self) -> None:
@@ -250,6 +278,24 @@ def _rows(out: Path) -> list[dict]:
         return json.loads((out / "train_throughput.json").read_text())["rows"]
     except (OSError, json.JSONDecodeError, KeyError):
         return []
+
+
+def effect_report(sweep_dir: str, dest: str) -> None:
+    """The effect step's results, from whatever the sweep finished: rows.json and curves.json (the sweep's
+    rows and in-training kNN checks) and timing.json (each run's epochs done, training seconds and img/s)."""
+    from fastbd.sweep.results import collect_curves, collect_rows, report_sweep
+    from fastbd.sweep.stages import load_plan
+
+    report_sweep(sweep_dir, log=lambda s: None)
+    timing = []
+    for run in load_plan(sweep_dir)["runs"]:
+        lines = (Path(run["train"]["out"]) / "metrics.jsonl")
+        epochs = [json.loads(x) for x in lines.read_text().splitlines() if '"kind": "epoch"' in x] if lines.exists() else []
+        timing.append({"run_id": run["id"], **run["params"], "epochs_done": len(epochs),
+                       "train_s": round(sum(e["seconds"] for e in epochs), 1),
+                       "img_per_s": round(sum(e["img_per_s"] for e in epochs) / len(epochs)) if epochs else None})
+    for name, obj in (("rows", collect_rows(sweep_dir)), ("curves", collect_curves(sweep_dir)), ("timing", timing)):
+        Path(dest, f"{name}.json").write_text(json.dumps(obj, indent=1) + "\n")
 
 
 def targets(report: dict) -> list[tuple[str, str, str]]:
@@ -306,6 +352,11 @@ def markdown(report: dict) -> str:
     p5 = next((s["p5"] for s in report["steps"] if "p5" in s), None)
     if p5:
         lines += ["", "## P5 packing", "", f"```\n{json.dumps(p5, indent=1)[:3000]}\n```"]
+    eff = next((s for s in report["steps"] if "effect" in s), None)
+    if eff:
+        lines += ["", "## The backdoor study (effect step)", "",
+                  f"{eff['effect']['rows_done']} of {eff['effect']['rows']} evaluations done; the sweep's "
+                  "summary.md, rows.json and curves.json are in effect/."]
     return "\n".join(lines) + "\n"
 
 
