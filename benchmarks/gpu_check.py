@@ -251,7 +251,8 @@ class Check:
         dest.mkdir(parents=True, exist_ok=True)
         code = "import sys; sys.path.insert(0, 'benchmarks'); import gpu_check; gpu_check.effect_report(*sys.argv[1:])"
         rc2, text2 = self.proc(f"{name}_report", [sys.executable, "-c", code, str(sweep_dir), str(dest)], 25)
-        for f in [sweep_dir / "summary.md", *sorted((sweep_dir / "plots").glob("*.png"))]:
+        # a `run` call brings back at most 8 files: gpu_check's 3, these 4 and the FP-against-epochs plot
+        for f in (sweep_dir / "summary.md", sweep_dir / "plots" / "backdoor_epochs.png"):
             if f.exists():
                 shutil.copy(f, dest / f.name)
         rows = json.loads((dest / "rows.json").read_text()) if (dest / "rows.json").exists() else []
