@@ -13,11 +13,13 @@ gpu_check.log (the end of each step's output).
 
 Environment (all optional):
   FASTBD_GPU_CHECK_CPU=1      rehearsal sizes on the CPU (tiny images, 2 steps); the steps are the same
-  FASTBD_GPU_CHECK_STEPS      comma-separated step names to run (default: every step, in order)
+  FASTBD_GPU_CHECK_STEPS      comma-separated step names to run (default: every speed step, in order; the
+                              `effect` experiment runs only when named)
   FASTBD_GPU_CHECK_SKIP       comma-separated step names to leave out
   FASTBD_GPU_CHECK_BUDGET     seconds for the whole check (default 540 on a GPU, 1800 on the CPU)
   FASTBD_GPU_CHECK_BUNDLE     the bundle folder holding parts/ (default ~/bundle)
   FASTBD_GPU_CHECK_WHEELS     extra pure-Python wheels (default .gpu-bundle/wheels, see gpu_prepare.sh)
+  FASTBD_GPU_CHECK_EFFECT     the effect step's sweep YAML (default configs/sweeps/effect_gpu.yaml)
   FASTBD_GPU_CHECK_WORK       scratch: installs, data, compile caches (default ~/fastbd_gpu_check; kept
                               while the machine stays warm, so a second call reuses them)
 """
@@ -55,8 +57,9 @@ STEPS: dict[str, tuple[int, int, str]] = {
     "byol224": (300, 90, "BYOL 224 px eager: ceiling; dali, ffcv, torch alone and end to end"),
     "byol224c": (360, 150, "BYOL 224 px compiled: ceiling; dali, ffcv alone and end to end"),
     "r112": (300, 120, "MoCo v2 and BYOL 112 px eager: ceiling; every backend"),
-    "effect": (540, 240, "the backdoor study, configs/sweeps/effect_gpu.yaml through fastbd sweep; OUT/effect"),
+    "effect": (540, 240, "the backdoor study, a sweep (FASTBD_GPU_CHECK_EFFECT) through fastbd sweep; OUT/effect"),
 }
+DEFAULT_STEPS = [s for s in STEPS if s != "effect"]  # the speed check; the experiment only when named
 # the effect step on the CPU: the same sweep on a 10x smaller build, one epoch, one seed (plumbing only)
 EFFECT_CPU = ["poison_overrides=[source.synthetic.distractors=3,source.synthetic.train_per_class=40,"
               "source.synthetic.val_per_class=10]", "train_overrides=[epochs=1,monitor.every=1,data.workers=1]",
@@ -241,11 +244,13 @@ class Check:
         return bad, text, {"p5": res}
 
     def _effect(self, name, cap):
-        """The backdoor study (configs/sweeps/effect_gpu.yaml) under what is left of the cap. Its sweep folder
-        lives in WORK, so a second call while the machine is warm resumes it; what finished, and every run's
-        in-training kNN checks (finished or not), go to OUT/effect as rows.json, curves.json and summary.md."""
-        sweep_dir, dest = self.work / "effect_gpu", self.out / "effect"
-        args = ["sweep", "--config", "configs/sweeps/effect_gpu.yaml", f"out={sweep_dir}", *(EFFECT_CPU if CPU else [])]
+        """The backdoor study (FASTBD_GPU_CHECK_EFFECT, a sweep YAML; default configs/sweeps/effect_gpu.yaml)
+        under what is left of the cap. Its sweep folder lives in WORK, so a second call while the machine is
+        warm resumes it; what finished, and every run's in-training kNN checks (finished or not), go to
+        OUT/effect as rows.json, curves.json, timing.json, summary.md and the FP-against-epochs plot."""
+        sweep_cfg = os.environ.get("FASTBD_GPU_CHECK_EFFECT", "configs/sweeps/effect_gpu.yaml")
+        sweep_dir, dest = self.work / Path(sweep_cfg).stem, self.out / "effect"
+        args = ["sweep", "--config", sweep_cfg, f"out={sweep_dir}", *(EFFECT_CPU if CPU else [])]
         rc, text = self.proc(name, [sys.executable, "-c", "from fastbd.cli import app; app()", *args],
                              max(1.0, cap - 30))  # 30 s kept for the report below
         dest.mkdir(parents=True, exist_ok=True)
@@ -369,7 +374,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     check = Check(out)
     check.work.mkdir(parents=True, exist_ok=True)
-    chosen = [s for s in os.environ.get("FASTBD_GPU_CHECK_STEPS", ",".join(STEPS)).split(",") if s]
+    chosen = [s for s in os.environ.get("FASTBD_GPU_CHECK_STEPS", ",".join(DEFAULT_STEPS)).split(",") if s]
     skip = set(filter(None, os.environ.get("FASTBD_GPU_CHECK_SKIP", "").split(",")))
     unknown = [s for s in [*chosen, *skip] if s not in STEPS]
     if unknown:

@@ -41,6 +41,7 @@ class SyntheticSpec:
     background_saturation: float = 0.15  # HSV saturation, upper bound of the background's colours (see synthetic.py)
     object_size: list[float] = field(default_factory=lambda: [0.2, 0.32])  # object radius range, fraction of the shorter side
     distractors: int = 0  # objects per image: small shapes of any kind and hue under the class object (clutter)
+    hue_spread: float = 0.02  # hue turns (1 = the colour circle): std of the object's hue around its class's; >= 0.5: any colour
     seed: int = 0  # generator seed (independent of the poisoning seed)
 
 
@@ -150,6 +151,7 @@ def validate(spec: PoisonSpec) -> PoisonSpec:
     _check(len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1] <= 0.5, "source.synthetic.object_size",
            f"{lo_hi} must be [min, max] with 0 < min <= max <= 0.5 (radius over the shorter side)")
     _check(0 <= syn.distractors <= 64, "source.synthetic.distractors", f"{syn.distractors}; must be in [0, 64]")
+    _check(0 <= syn.hue_spread <= 1, "source.synthetic.hue_spread", f"{syn.hue_spread}; must be in [0, 1] (hue turns)")
     _check(t.kind in TRIGGER_KINDS, "trigger.kind", f"{t.kind!r} is not one of {TRIGGER_KINDS}")
     _check(t.width >= 1, "trigger.width", f"{t.width} px; must be >= 1")
     _check(t.font_size >= 1, "trigger.font_size", f"{t.font_size} px; must be >= 1")

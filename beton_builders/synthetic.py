@@ -22,6 +22,13 @@ target images from clean ones, and on one MoCo v2 seed of five poisoned encoders
 controls. With 3 distractors, every one of five MoCo v2 seeds ended above its control (24 epochs; README
 "Clutter: when the images of a class stop being near duplicates"). Clutter gives every image instance
 features of its own, as real photographs have.
+
+A fourth, `hue_spread`, also for the backdrop of the attack: the standard deviation of the class object's
+hue around its class's hue, in turns of the colour circle. The default 0.02 keeps each class one colour;
+0.5 or more makes the object's colour any colour, so classes share colours and only shape and background
+texture tell them apart. The hypothesis it tests: on the 100-epoch GPU runs the backdoor faded as the
+encoders learnt the classes (README "100 epochs on a GPU"); with colour no longer a class cue, the
+coloured trigger may stay the most consistent feature of the poisoned images.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ COLOURS = ("red", "orange", "yellow", "lime", "green", "teal", "cyan", "blue", "
 SPLIT_CODE = {"train": 0, "val": 1}
 DISTRACTOR_SIZE = (0.07, 0.12)  # distractor radius range, fraction of the shorter side (the object: 0.2-0.32)
 DISTRACTOR_STREAM = 9  # appended to an image's RNG key: the clutter's own stream (7 and 8: composed parts, below)
+HUE_SPREAD = 0.02  # default std of the class object's hue around its class's (hue turns): classes keep their colour
 
 
 def class_names(num_classes: int) -> list[str]:
@@ -105,7 +113,8 @@ def _draw_distractors(draw: ImageDraw.ImageDraw, stream: list[int], count: int, 
 
 def render(seed: int, split: str, index: int, label: int, num_classes: int,
            width: int, height: int, size_jitter: float, background_saturation: float = 0.15,
-           object_size: tuple[float, float] = (0.2, 0.32), distractors: int = 0) -> np.ndarray:
+           object_size: tuple[float, float] = (0.2, 0.32), distractors: int = 0,
+           hue_spread: float = HUE_SPREAD) -> np.ndarray:
     """One RGB uint8 image of class `label`, a pure function of its arguments."""
     rng = np.random.default_rng([seed, SPLIT_CODE[split], index])
     if size_jitter > 0:
@@ -125,7 +134,7 @@ def render(seed: int, split: str, index: int, label: int, num_classes: int,
     m = min(width, height)
     r = m * rng.uniform(*object_size)
     cx, cy = rng.uniform(r, width - r), rng.uniform(r, height - r)
-    colour = _rgb(hue + rng.normal(0, 0.02), rng.uniform(0.6, 1.0), rng.uniform(0.65, 1.0))
+    colour = _rgb(hue + rng.normal(0, hue_spread), rng.uniform(0.6, 1.0), rng.uniform(0.65, 1.0))
     _draw_shape(draw, SHAPES[shape], cx, cy, r, rng.random() * 2 * np.pi, colour)
     out = np.asarray(pil, dtype=np.float32) * rng.uniform(0.8, 1.15)  # lighting
     out += rng.normal(0, 4.0, size=(height, width, 1)).astype(np.float32)  # sensor noise
@@ -134,10 +143,11 @@ def render(seed: int, split: str, index: int, label: int, num_classes: int,
 
 def render_jpeg(seed: int, split: str, index: int, label: int, num_classes: int, width: int,
                 height: int, size_jitter: float, quality: int, background_saturation: float = 0.15,
-                object_size: tuple[float, float] = (0.2, 0.32), distractors: int = 0) -> bytes:
+                object_size: tuple[float, float] = (0.2, 0.32), distractors: int = 0,
+                hue_spread: float = HUE_SPREAD) -> bytes:
     buf = io.BytesIO()
     arr = render(seed, split, index, label, num_classes, width, height, size_jitter, background_saturation,
-                 object_size, distractors)
+                 object_size, distractors, hue_spread)
     Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
 
@@ -148,14 +158,14 @@ OBJECT_STREAM, BACKDROP_STREAM = 7, 8
 
 
 def cutout(seed: int, index: int, label: int, num_classes: int, size: int,
-           object_size: tuple[float, float] = (0.2, 0.32)) -> tuple[np.ndarray, np.ndarray]:
+           object_size: tuple[float, float] = (0.2, 0.32), hue_spread: float = HUE_SPREAD) -> tuple[np.ndarray, np.ndarray]:
     """A reference object of class `label`: its shape in its hue, at the radius `render` draws in a `size`-px
     image, lit and noised as `render` does, cropped to the shape. Returns (rgb (h, w, 3) uint8, mask (h, w) bool)."""
     rng = np.random.default_rng([seed, OBJECT_STREAM, label, index])
     shape, hue, _, _ = _class_params(label, num_classes)
     r = size * rng.uniform(*object_size)
     side = int(np.ceil(2.2 * r)) + 2
-    colour = _rgb(hue + rng.normal(0, 0.02), rng.uniform(0.6, 1.0), rng.uniform(0.65, 1.0))
+    colour = _rgb(hue + rng.normal(0, hue_spread), rng.uniform(0.6, 1.0), rng.uniform(0.65, 1.0))
     rgb, mask = Image.new("RGB", (side, side)), Image.new("L", (side, side))
     rot = rng.random() * 2 * np.pi
     _draw_shape(ImageDraw.Draw(rgb), SHAPES[shape], side / 2, side / 2, r, rot, colour)

@@ -33,7 +33,8 @@ def test_unknown_steps_are_refused_and_an_empty_budget_skips_everything(tmp_path
     r = gpu_check(tmp_path / "out", tmp_path / "work", FASTBD_GPU_CHECK_BUDGET="0")
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
-    assert [s["status"] for s in report["steps"]] == ["skipped"] * len(load_module().STEPS)
+    assert [s["step"] for s in report["steps"]] == load_module().DEFAULT_STEPS  # every step but `effect`
+    assert [s["status"] for s in report["steps"]] == ["skipped"] * len(load_module().DEFAULT_STEPS)
     assert all(s["error"].startswith("budget") for s in report["steps"])
     assert "| P3 MoCo v2 R18 224 px >= 10.5k img/s end to end | not measured |" in (
         tmp_path / "out" / "gpu_check.md").read_text()
@@ -89,6 +90,32 @@ def test_the_cpu_rehearsal_runs_end_to_end(tmp_path):
     assert "CPU REHEARSAL" in md and "rehearsal on the CPU: not a GPU figure" in md
     assert "| moco | 32 | off | auto |" in md and "core-ms/img" in md
     assert "===== moco224: ok =====" in (out / "gpu_check.log").read_text()
+
+
+@pytest.mark.slow
+def test_the_effect_step_runs_a_sweep_and_brings_back_at_most_eight_files(tmp_path):
+    """The `effect` step on the CPU: a one-method sweep (FASTBD_GPU_CHECK_EFFECT) on the rehearsal's small
+    build, one epoch, poisoned and clean; its rows, in-training checks and timings come back in OUT/effect,
+    within a `run` call's limit of 8 files."""
+    pytest.importorskip("ffcv")
+    cfg = tmp_path / "effect_tiny.yaml"
+    cfg.write_text(f"name: tiny\npoison: {ROOT}/configs/poison/effect.yaml\n"
+                   f"grid:\n  methods:\n    moco: {{config: {ROOT}/configs/ssl/effect_moco.yaml}}\n"
+                   "  label_fractions: [0.1]\n")
+    out = tmp_path / "out"
+    r = gpu_check(out, tmp_path / "work", FASTBD_GPU_CHECK_STEPS="effect", FASTBD_GPU_CHECK_EFFECT=str(cfg))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    [step] = json.loads((out / "gpu_check.json").read_text())["steps"]
+    assert step["status"] == "ok" and step["effect"]["rows_done"] == step["effect"]["rows"] == 2, step
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) <= 8 and {p.name for p in (out / "effect").iterdir()} == {
+        "summary.md", "rows.json", "curves.json", "timing.json", "backdoor_epochs.png"}
+    timing = json.loads((out / "effect" / "timing.json").read_text())
+    assert sorted(t["rate"] for t in timing) == [0.0, 0.5] and all(t["epochs_done"] == 1 for t in timing)
+    curves = json.loads((out / "effect" / "curves.json").read_text())
+    assert all(len(c["checks"]) == 2 for c in curves)  # before training and after its one epoch
+    assert "The backdoor study (effect step)" in (out / "gpu_check.md").read_text()
+    assert (tmp_path / "work" / "effect_tiny" / "plan.json").is_file()  # the sweep folder a second call resumes
 
 
 def test_the_build_without_ffcv_writes_empty_betons_and_the_shards(tmp_path):

@@ -79,3 +79,36 @@ def test_distractors_out_of_range_is_a_field_error(tmp_path):
     r = CliRunner().invoke(app, ["make-synthetic", "--out", str(tmp_path / "s"), "source.synthetic.distractors=-1"])
     assert r.exit_code == 2
     assert "source.synthetic.distractors" in r.output
+
+
+def object_hue(img: np.ndarray) -> float:
+    """The hue (turns) of the most saturated pixels: the class object on a low-saturation background."""
+    from PIL import Image
+
+    hsv = np.asarray(Image.fromarray(img).convert("HSV")).reshape(-1, 3).astype(float)
+    top = hsv[hsv[:, 1] >= np.quantile(hsv[:, 1], 0.95)]
+    return float(np.angle(np.exp(2j * np.pi * top[:, 0] / 255).mean()) / (2 * np.pi) % 1.0)
+
+
+def test_hue_spread_makes_classes_share_colours_and_its_default_keeps_the_bytes():
+    """`hue_spread` only widens the normal draw the object's hue always had: 0.02 is the generator's own
+    images; at 0.5 the objects of one class take hues from all round the colour circle, the rest unchanged."""
+    from beton_builders.synthetic import HUE_SPREAD, cutout
+
+    assert HUE_SPREAD == 0.02
+    for i in range(3):
+        assert (render(0, "train", i, 2, 10, 64, 64, 0.0, hue_spread=0.02) == render(0, "train", i, 2, 10, 64, 64, 0.0)).all()
+    assert (cutout(0, 1, 3, 10, 64, hue_spread=0.02)[0] == cutout(0, 1, 3, 10, 64)[0]).all()
+
+    def spread(hs):  # circular spread of one class's object hues over 40 images: 0 one hue, 1 uniform
+        h = np.array([object_hue(render(0, "train", i, 2, 10, 64, 64, 0.0, hue_spread=hs)) for i in range(40)])
+        return 1 - abs(np.exp(2j * np.pi * h).mean())
+    assert spread(0.02) < 0.05 and spread(0.5) > 0.6
+    a, b = render(0, "train", 4, 2, 10, 64, 64, 0.0), render(0, "train", 4, 2, 10, 64, 64, 0.0, hue_spread=0.5)
+    assert 0.02 < (np.abs(a.astype(int) - b.astype(int)).max(2) > 40).mean() < 0.5  # the object, not the scene
+
+
+def test_hue_spread_out_of_range_is_a_field_error(tmp_path):
+    r = CliRunner().invoke(app, ["make-synthetic", "--out", str(tmp_path / "s"), "source.synthetic.hue_spread=1.5"])
+    assert r.exit_code == 2
+    assert "source.synthetic.hue_spread" in r.output
