@@ -191,6 +191,36 @@ def test_ctrl_c_stops_every_run_and_the_rerun_finishes(tmp_path):
     assert (Path(first["train"]["out"]) / MARKER).stat().st_mtime_ns == mark
 
 
+@pytest.mark.slow
+def test_sigterm_to_the_sweep_alone_stops_its_runs(tmp_path):
+    """`kill PID` on `fastbd sweep` (SIGTERM to the parent only, as a scheduler or a shell sends it) stops the
+    runs it started: an orphaned run would go on writing its folder while the next sweep starts it again."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = write_sweep(tmp_path, rates=[0.5], seeds=[0])
+    cfg = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**cfg, "train_overrides": ["epochs=500", "max_steps=0"]}))  # long enough
+    proc = subprocess.Popen([sys.executable, "-m", "fastbd.cli", "sweep", "-c", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    for line in proc.stdout:
+        if line.rstrip().endswith("] started"):
+            break
+    [run] = load_plan(tmp_path / "s")["runs"]
+    status = Path(run["dir"]) / "status.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and '"running"' not in (status.read_text() if status.exists() else ""):
+        time.sleep(0.2)
+    pid = json.loads(status.read_text())["pid"]
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM
+    with pytest.raises(ProcessLookupError):  # the parent waited for it, so it is gone, not a zombie
+        os.kill(pid, 0)
+
+
 def test_interrupted_stage_resumes_and_reruns_what_reads_it(done_sweep):
     plan = done_sweep["second"]["plan"]
     run = next(r for r in plan["runs"] if r["distills"])

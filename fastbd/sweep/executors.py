@@ -74,6 +74,9 @@ def run_local(sweep_dir: Path, builds: list[str], runs: list[str], cfg: LocalCon
     free = slots(cfg)
     n_slots, nproc = len(free), cfg.gpus_per_run if free[0] is not None else 1
     queue, running, states = deque(runs), {}, {}
+    # `kill PID` (SIGTERM, as a scheduler or a shell sends it) must stop the runs too, as Ctrl-C does: left
+    # alone, a run would go on writing its folder while the next `fastbd sweep` starts it again
+    old_term = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
     try:
         while queue or running:
             while queue and free:
@@ -99,7 +102,20 @@ def run_local(sweep_dir: Path, builds: list[str], runs: list[str], cfg: LocalCon
         for proc, _ in running.values():
             proc.wait()
         raise
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
     return states
+
+
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def _start(sweep_dir: Path, rid: str, slot: str | None, n_slots: int, nproc: int) -> subprocess.Popen:
