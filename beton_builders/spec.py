@@ -42,6 +42,7 @@ class SyntheticSpec:
     object_size: list[float] = field(default_factory=lambda: [0.2, 0.32])  # object radius range, fraction of the shorter side
     distractors: int = 0  # objects per image: small shapes of any kind and hue under the class object (clutter)
     hue_spread: float = 0.02  # hue turns (1 = the colour circle): std of the object's hue around its class's; >= 0.5: any colour
+    shared_hues: int = 0  # hues; K > 0: every object takes one of K hues shared by all classes (colour is no class cue); 0: its class's own
     seed: int = 0  # generator seed (independent of the poisoning seed)
 
 
@@ -151,6 +152,7 @@ def validate(spec: PoisonSpec) -> PoisonSpec:
     _check(len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1] <= 0.5, "source.synthetic.object_size",
            f"{lo_hi} must be [min, max] with 0 < min <= max <= 0.5 (radius over the shorter side)")
     _check(0 <= syn.distractors <= 64, "source.synthetic.distractors", f"{syn.distractors}; must be in [0, 64]")
+    _check(0 <= syn.shared_hues <= 64, "source.synthetic.shared_hues", f"{syn.shared_hues}; must be in [0, 64]")
     _check(0 <= syn.hue_spread <= 1, "source.synthetic.hue_spread", f"{syn.hue_spread}; must be in [0, 1] (hue turns)")
     _check(t.kind in TRIGGER_KINDS, "trigger.kind", f"{t.kind!r} is not one of {TRIGGER_KINDS}")
     _check(t.width >= 1, "trigger.width", f"{t.width} px; must be >= 1")

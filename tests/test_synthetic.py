@@ -112,3 +112,26 @@ def test_hue_spread_out_of_range_is_a_field_error(tmp_path):
     r = CliRunner().invoke(app, ["make-synthetic", "--out", str(tmp_path / "s"), "source.synthetic.hue_spread=1.5"])
     assert r.exit_code == 2
     assert "source.synthetic.hue_spread" in r.output
+
+
+def test_shared_hues_give_every_class_the_same_colours_from_their_own_stream():
+    """`shared_hues=K`: the object's hue is one of K hues that all classes share, drawn from the image's own
+    stream (0 keeps the class hue and every byte); the scene and the object's place do not change."""
+    from beton_builders.synthetic import cutout
+
+    a = render(0, "train", 4, 2, 10, 64, 64, 0.0)
+    assert (render(0, "train", 4, 2, 10, 64, 64, 0.0, shared_hues=0) == a).all()
+    one = [object_hue(render(0, "train", i, c, 10, 64, 64, 0.0, shared_hues=1)) for c in range(10) for i in (c, c + 10)]
+    assert max(abs(h - 0.5) for h in one) < 0.08  # all ten classes in the one hue (0.5; the class hues are 0.1 apart)
+    two = {round(object_hue(render(0, "train", i, 3, 10, 64, 64, 0.0, shared_hues=2)) * 4) % 4 for i in range(3, 200, 10)}
+    assert two == {1, 3}  # hues 0.25 and 0.75, both drawn for one class
+    b = render(0, "train", 4, 2, 10, 64, 64, 0.0, shared_hues=1)
+    assert 0.02 < (np.abs(a.astype(int) - b.astype(int)).max(2) > 40).mean() < 0.5  # the object, not the scene
+    assert (cutout(0, 1, 3, 10, 64, shared_hues=0)[1] == cutout(0, 1, 3, 10, 64, shared_hues=1)[1]).all()
+    assert abs(object_hue(cutout(0, 1, 3, 10, 64, shared_hues=1)[0]) - 0.5) < 0.04
+
+
+def test_shared_hues_out_of_range_is_a_field_error(tmp_path):
+    r = CliRunner().invoke(app, ["make-synthetic", "--out", str(tmp_path / "s"), "source.synthetic.shared_hues=-2"])
+    assert r.exit_code == 2
+    assert "source.synthetic.shared_hues" in r.output
