@@ -289,14 +289,14 @@ def _rows(out: Path) -> list[dict]:
 def effect_report(sweep_dir: str, dest: str) -> None:
     """The effect step's results, from whatever the sweep finished: rows.json and curves.json (the sweep's
     rows and in-training kNN checks) and timing.json (each run's epochs done, training seconds and img/s)."""
+    from fastbd.runs import read_metrics
     from fastbd.sweep.results import collect_curves, collect_rows, report_sweep
     from fastbd.sweep.stages import load_plan
 
     report_sweep(sweep_dir, log=lambda s: None)
     timing = []
     for run in load_plan(sweep_dir)["runs"]:
-        lines = (Path(run["train"]["out"]) / "metrics.jsonl")
-        epochs = [json.loads(x) for x in lines.read_text().splitlines() if '"kind": "epoch"' in x] if lines.exists() else []
+        epochs = [m for m in read_metrics(run["train"]["out"]) if m.get("kind") == "epoch"]
         timing.append({"run_id": run["id"], **run["params"], "epochs_done": len(epochs),
                        "train_s": round(sum(e["seconds"] for e in epochs), 1),
                        "img_per_s": round(sum(e["img_per_s"] for e in epochs) / len(epochs)) if epochs else None})
@@ -362,7 +362,7 @@ def markdown(report: dict) -> str:
     if eff:
         lines += ["", "## The backdoor study (effect step)", "",
                   f"{eff['effect']['rows_done']} of {eff['effect']['rows']} evaluations done; the sweep's "
-                  "summary.md, rows.json and curves.json are in effect/."]
+                  "summary.md, rows.json, curves.json, timing.json and backdoor_epochs.png are in effect/."]
     return "\n".join(lines) + "\n"
 
 
