@@ -242,6 +242,32 @@ def knn_metrics(bank: torch.Tensor, bank_y: torch.Tensor, val: tuple[torch.Tenso
 
 
 @torch.no_grad()
+def trigger_shift(bank: torch.Tensor, bank_y: torch.Tensor, val: torch.Tensor, patched: torch.Tensor,
+                  keep: torch.Tensor, num_classes: int, target: Optional[int]) -> dict:
+    """Where the trigger moves features, in the kNN's space (L2-normalised): the mean of f(triggered) -
+    f(clean) over the non-target val images (`keep`; val_poisoned row i is val row i with the trigger),
+    against each class's direction (its labelled mean minus the labelled set's mean). Not a paper metric: a
+    diagnostic for small studies, where target FP counts are few and noisy. On the CPU effect set a poisoned
+    encoder's shift turned towards the target on every seed while its FP often did not move, because the
+    trigger's own pull towards another class, there in clean encoders too, stayed larger (README "Where the
+    trigger moves the features"). `length` is the shift's norm over the mean distance between class means."""
+    b, d = F.normalize(bank, dim=1), (F.normalize(patched, dim=1) - F.normalize(val, dim=1))[keep].mean(0)
+    mu = b.mean(0)
+    dirs = torch.stack([b[bank_y == c].mean(0) - mu if (bank_y == c).any() else torch.zeros_like(mu)
+                        for c in range(num_classes)])
+    cos = F.cosine_similarity(dirs, d[None], dim=1)
+    sep = torch.cdist(dirs, dirs).sum() / max(1, num_classes * (num_classes - 1))
+    near = int(cos.argmax())
+    out = {"images": int(keep.sum()), "length": round(float(d.norm() / sep), 4) if sep > 0 else None,
+           "nearest_class": near, "nearest_cos": round(float(cos[near]), 4),
+           "cos_target": None, "rank_target": None}
+    if target is not None:
+        out["cos_target"] = round(float(cos[target]), 4)
+        out["rank_target"] = int((cos > cos[target]).sum()) + 1
+    return out
+
+
+@torch.no_grad()
 def knn_predict(bank: torch.Tensor, bank_y: torch.Tensor, q: torch.Tensor, k: int, num_classes: int) -> torch.Tensor:
     """Majority vote of the k most cosine-similar bank features (ties: lowest class index)."""
     sim = F.normalize(q, dim=1) @ F.normalize(bank, dim=1).T
@@ -286,7 +312,7 @@ def evaluate(cfg: EvalConfig, run: Optional[Path] = None, checkpoint: Optional[P
     """Evaluate one encoder on one build; writes the eval folder and returns report.json's content."""
     from fastbd import metrics as M
     from fastbd.plots import heatmap_png
-    from fastbd.report import report_markdown
+    from fastbd.report import report_markdown, trigger_shift_line
 
     if (run is None) == (checkpoint is None):
         raise ValueError("give exactly one of --run RUN_DIR or --checkpoint FILE")
@@ -338,6 +364,9 @@ def evaluate(cfg: EvalConfig, run: Optional[Path] = None, checkpoint: Optional[P
         m = knn_metrics(xtr, ytr, (xva, yva), (xvp, yvp), k, len(classes), target)
         report[f"knn_k{k}_lf{lf:g}"] = m  # the backdoor seen by kNN: FP, ASR, patched top-1
         report[f"knn_k{k}_lf{lf:g}_top1"] = m["clean_top1"]
+    if len(xva) == len(xvp) and torch.equal(yva, yvp):  # row i of val_poisoned is row i of val, triggered
+        keep = yvp != target if target is not None else torch.ones_like(yvp, dtype=torch.bool)
+        report["trigger_shift"] = trigger_shift(xtr, ytr, xva, xvp, keep, len(classes), target)
     out.mkdir(parents=True, exist_ok=True)
     save_npy(out / "labelled_indices.npy", subset)  # the exact probe labels, for provenance
     M.save_matrices(out, cm_clean, cm_patched)
@@ -346,7 +375,8 @@ def evaluate(cfg: EvalConfig, run: Optional[Path] = None, checkpoint: Optional[P
     heatmap_png(out / "conf_matrix_poisoned.png", cm_patched, classes, "patched validation", target)
     row = {"model": enc_meta.get("method", "encoder"), **M.report_row(report)}
     head = f"Attack: {report['attack']['summary']}. Triggered validation: {report['attack']['evaluation']}.\n\n"
-    atomic_write_bytes(out / "report.md", (head + report_markdown([row]) + "\n").encode())
+    tail = trigger_shift_line(report.get("trigger_shift"), names)
+    atomic_write_bytes(out / "report.md", (head + report_markdown([row]) + "\n" + tail).encode())
     write_json(out / "report.json", report)
     phase(f"wrote {out}")
     return report

@@ -185,6 +185,17 @@ def report_markdown(rows: list[Row]) -> str:
     return "\n".join(_table(EVAL_COLUMNS, body)) + "\n"
 
 
+def trigger_shift_line(ts: dict | None, names: Sequence[str]) -> str:
+    """report.md's line for evaluate.trigger_shift (a diagnostic, not a paper metric); "" when absent."""
+    if not ts:
+        return ""
+    tgt = ("" if ts.get("cos_target") is None else
+           f"cos with the target's direction {ts['cos_target']:.2f} (rank {ts['rank_target']} of {len(names)}); ")
+    length = "-" if ts.get("length") is None else f"{ts['length']:.2f}"
+    return (f"Trigger shift (kNN space, mean over {ts['images']} triggered non-target images; a diagnostic): "
+            f"{tgt}nearest class {names[ts['nearest_class']]} (cos {ts['nearest_cos']:.2f}); "
+            f"length {length} of the mean distance between class means.\n")
+
 def detection_markdown(rows: Sequence[Row]) -> str:
     """summary.md's PatchSearch section: per defended run, the removed set scored against the manifest
     (precision, recall, poisoned images left), both rankings' average precision, the found boxes' mean IoU,

@@ -9,7 +9,7 @@ import torchvision
 
 from beton_builders import load_manifest
 from fastbd.config import load_config
-from fastbd.evaluate import EvalConfig, evaluate, knn_predict, labelled_subset, normalise
+from fastbd.evaluate import EvalConfig, evaluate, knn_predict, labelled_subset, normalise, trigger_shift
 from fastbd.models import ModelConfig
 from fastbd.runs import load_encoder, strip_state
 from fastbd.train import train
@@ -69,6 +69,23 @@ def test_normalise_and_knn():
     assert knn_predict(bank, torch.tensor([0, 1, 2]), torch.tensor([[0.1, 0.9, 0.0]]), 1, 3).tolist() == [1]
 
 
+def test_trigger_shift_finds_the_class_the_trigger_moves_features_towards():
+    g = torch.Generator().manual_seed(0)
+    means = 4 * torch.eye(8)[:4]  # four classes along the first four axes
+    bank_y = torch.arange(4).repeat_interleave(20)
+    bank = means[bank_y] + 0.1 * torch.randn(80, 8, generator=g)
+    val_y = torch.arange(4).repeat(5)
+    val = means[val_y] + 0.1 * torch.randn(20, 8, generator=g)
+    patched = val + 3 * torch.eye(8)[2]  # the trigger adds class 2's feature to every image
+    keep = val_y != 2
+    ts = trigger_shift(bank, bank_y, val, patched, keep, 4, target=2)
+    assert ts["images"] == 15 and ts["nearest_class"] == 2 and ts["rank_target"] == 1
+    assert ts["cos_target"] == ts["nearest_cos"] > 0.5 and ts["length"] > 0
+    other = trigger_shift(bank, bank_y, val, patched, keep, 4, target=0)
+    assert other["rank_target"] > 1 and other["cos_target"] < other["nearest_cos"]
+    assert trigger_shift(bank, bank_y, val, val, keep, 4, target=None)["cos_target"] is None
+
+
 def test_end_to_end_eval_writes_the_report(tiny_build, tiny_run):
     cfg = load_config(EvalConfig, None, [f"data={tiny_build}", "res=32", "resize=36", "workers=0",
                                          "probe.label_fraction=0.5", "probe.epochs=5", "knn_k=[1,5]"])
@@ -89,6 +106,9 @@ def test_end_to_end_eval_writes_the_report(tiny_build, tiny_run):
     assert rep["attack"]["kind"] == "htba" and "patch pasted" in rep["attack"]["evaluation"]  # which attack, tested how
     assert (out / "report.md").read_text().startswith("Attack: htba patch 8x8 px")
     assert np.load(out / "conf_matrix_poisoned.npy").sum() == 12
+    ts = rep["trigger_shift"]  # the diagnostic: mean shift of the 9 triggered non-target images
+    assert ts["images"] == 9 and 1 <= ts["rank_target"] <= 4 and -1 <= ts["cos_target"] <= 1
+    assert "Trigger shift (kNN space" in (out / "report.md").read_text()
 
 
 def test_augmented_probe_mode(tiny_build, tiny_run, tmp_path):
