@@ -11,6 +11,7 @@ contains a poisoned image. `probe.kind=augmented` trains it as the reference doe
 random-resized-crop + flip views through the frozen backbone every epoch (normalised with the
 centre-crop statistics); `probe.kind=cached` (default) trains on cached centre-crop features, which is
 many times faster. kNN (k=1, 50; majority vote on cosine similarity) uses the labelled features as its bank.
+report.json's trigger_shift says where the trigger moves the features (a diagnostic; trigger_shift() below).
 Outputs in RUN/eval/: report.json, report.md, conf_matrix.csv, conf_matrix_{clean,poisoned}.npy, *.png.
 """
 
