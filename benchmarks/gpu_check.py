@@ -60,13 +60,20 @@ STEPS: dict[str, tuple[int, int, str]] = {
     "effect": (540, 240, "the backdoor study, a sweep (FASTBD_GPU_CHECK_EFFECT) through fastbd sweep; OUT/effect"),
 }
 DEFAULT_STEPS = [s for s in STEPS if s != "effect"]  # the speed check; the experiment only when named
-# the effect step on the CPU: the same sweep on a 10x smaller build, one epoch, one seed (plumbing only)
-EFFECT_CPU = ["poison_overrides=[source.synthetic.distractors=3,source.synthetic.train_per_class=40,"
-              "source.synthetic.val_per_class=10]", "train_overrides=[epochs=1,monitor.every=1,data.workers=1]",
-              "grid.seeds=[0]", "local.cpu_parallel=2"]
 # sizes: (res "224", res "112", batch, timed steps, warm-up steps, images, workers per packed run)
 SIZES = dict(r224=32, r112=32, batch=8, steps=2, warmup=1, images=64, half=1) if CPU else \
     dict(r224=224, r112=112, batch=256, steps=30, warmup=5, images=12800, half=8)
+
+
+def effect_cpu(sweep_cfg: str) -> list[str]:
+    """The effect step on the CPU: the same sweep on a 10x smaller build (its own source and trigger
+    overrides kept, the size ones after them), one epoch, one seed, students in batches of 32: plumbing only."""
+    import yaml
+    y = yaml.safe_load(Path(sweep_cfg).read_text())
+    poison = [*(y.get("poison_overrides") or []), "source.synthetic.train_per_class=40", "source.synthetic.val_per_class=10"]
+    distill = [*(y.get("distill_overrides") or []), "data.batch_size=32", "data.workers=1"]
+    return [f"poison_overrides=[{','.join(poison)}]", "train_overrides=[epochs=1,monitor.every=1,data.workers=1]",
+            f"distill_overrides=[{','.join(distill)}]", "grid.seeds=[0]", "local.cpu_parallel=2"]
 
 
 def bench_args(step: str) -> list[str]:
@@ -250,7 +257,7 @@ class Check:
         OUT/effect as rows.json, curves.json, timing.json, summary.md and the FP-against-epochs plot."""
         sweep_cfg = os.environ.get("FASTBD_GPU_CHECK_EFFECT", "configs/sweeps/effect_gpu.yaml")
         sweep_dir, dest = self.work / Path(sweep_cfg).stem, self.out / "effect"
-        args = ["sweep", "--config", sweep_cfg, f"out={sweep_dir}", *(EFFECT_CPU if CPU else [])]
+        args = ["sweep", "--config", sweep_cfg, f"out={sweep_dir}", *(effect_cpu(sweep_cfg) if CPU else [])]
         rc, text = self.proc(name, [sys.executable, "-c", "from fastbd.cli import app; app()", *args],
                              max(1.0, cap - 30))  # 30 s kept for the report below
         dest.mkdir(parents=True, exist_ok=True)
@@ -261,8 +268,7 @@ class Check:
             if f.exists():
                 shutil.copy(f, dest / f.name)
         rows = json.loads((dest / "rows.json").read_text()) if (dest / "rows.json").exists() else []
-        done = sum(r["state"] == "done" for r in rows)
-        extra = {"effect": {"rows_done": done, "rows": len(rows), "folder": "effect/"}}
+        extra = {"effect": {"rows_done": sum(r["state"] == "done" for r in rows), "rows": len(rows), "folder": "effect/"}}
         if (dest / "summary.md").exists():  # into the call's output tail too, in case the files do not come back
             print((dest / "summary.md").read_text()[:5000], flush=True)
         if rc2:

@@ -96,10 +96,11 @@ def test_the_cpu_rehearsal_runs_end_to_end(tmp_path):
 def test_the_effect_step_runs_a_sweep_and_brings_back_at_most_eight_files(tmp_path):
     """The `effect` step on the CPU: a one-method sweep (FASTBD_GPU_CHECK_EFFECT) on the rehearsal's small
     build, one epoch, poisoned and clean; its rows, in-training checks and timings come back in OUT/effect,
-    within a `run` call's limit of 8 files."""
+    within a `run` call's limit of 8 files. The sweep's own poison overrides (here its trigger) are kept."""
     pytest.importorskip("ffcv")
     cfg = tmp_path / "effect_tiny.yaml"
     cfg.write_text(f"name: tiny\npoison: {ROOT}/configs/poison/effect.yaml\n"
+                   "poison_overrides: [trigger.kind=image, trigger.path=../triggers/htba10_bw.png]\n"
                    f"grid:\n  methods:\n    moco: {{config: {ROOT}/configs/ssl/effect_moco.yaml}}\n"
                    "  label_fractions: [0.1]\n")
     out = tmp_path / "out"
@@ -116,6 +117,8 @@ def test_the_effect_step_runs_a_sweep_and_brings_back_at_most_eight_files(tmp_pa
     assert all(len(c["checks"]) == 2 for c in curves)  # before training and after its one epoch
     assert "The backdoor study (effect step)" in (out / "gpu_check.md").read_text()
     assert (tmp_path / "work" / "effect_tiny" / "plan.json").is_file()  # the sweep folder a second call resumes
+    [build] = json.loads((tmp_path / "work" / "effect_tiny" / "plan.json").read_text())["builds"].values()
+    assert build["spec"]["trigger"]["kind"] == "image" and build["spec"]["source"]["synthetic"]["train_per_class"] == 40
 
 
 def test_the_build_without_ffcv_writes_empty_betons_and_the_shards(tmp_path):
