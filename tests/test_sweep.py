@@ -77,6 +77,16 @@ def test_dry_run_plans_and_writes_nothing(tmp_path):
     assert out.exit_code == 0 and "4 pending" in out.output and "would run 4 runs" in out.output
 
 
+@pytest.mark.parametrize("path", sorted(p for d in ("sweeps", "repro") for p in
+                                        (Path(__file__).parents[1] / "configs" / d).glob("*.yaml")),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_committed_sweep_yaml_plans(path):
+    """The sweeps a README section or GPU session names (configs/sweeps, configs/repro) resolve to a plan:
+    their poison, method and distill configs load, and relative paths in overrides (a trigger file) resolve."""
+    plan = make_plan(load_sweep(path))
+    assert plan["runs"] and all(Path(b["spec"]["trigger"]["path"] or ".").exists() for b in plan["builds"].values())
+
+
 def test_attacks_cross_methods_as_trigger_entries(tmp_path):
     """An attack is a grid.triggers entry (poison-spec overrides naming its kind): one build per attack, the
     clean control shared by every attack whose clean images are the same bytes (storage alike)."""
