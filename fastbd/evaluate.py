@@ -248,10 +248,11 @@ def trigger_shift(bank: torch.Tensor, bank_y: torch.Tensor, val: torch.Tensor, p
     """Where the trigger moves features, in the kNN's space (L2-normalised): the mean of f(triggered) -
     f(clean) over the non-target val images (`keep`; val_poisoned row i is val row i with the trigger),
     against each class's direction (its labelled mean minus the labelled set's mean). Not a paper metric: a
-    diagnostic for small studies, where target FP counts are few and noisy. On the CPU effect set a poisoned
-    encoder's shift turned towards the target on every seed while its FP often did not move, because the
-    trigger's own pull towards another class, there in clean encoders too, stayed larger (README "Where the
-    trigger moves the features"). `length` is the shift's norm over the mean distance between class means."""
+    diagnostic for small studies, where target FP counts are few and noisy. On the CPU effect set the poisoned
+    512-key MoCo v2 encoders' shift turned towards the target on every seed while their FP often did not
+    move: the trigger's own pull towards another class, there in clean encoders too, stayed larger (README
+    "A trigger with no colour, and where the trigger moves the features"). `length` is the shift's norm
+    over the mean distance between class means."""
     b, d = F.normalize(bank, dim=1), (F.normalize(patched, dim=1) - F.normalize(val, dim=1))[keep].mean(0)
     mu = b.mean(0)
     dirs = torch.stack([b[bank_y == c].mean(0) - mu if (bank_y == c).any() else torch.zeros_like(mu)
