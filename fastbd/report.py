@@ -196,6 +196,7 @@ def trigger_shift_line(ts: dict | None, names: Sequence[str]) -> str:
             f"{tgt}nearest class {names[ts['nearest_class']]} (cos {ts['nearest_cos']:.2f}); "
             f"length {length} of the mean distance between class means.\n")
 
+
 def detection_markdown(rows: Sequence[Row]) -> str:
     """summary.md's PatchSearch section: per defended run, the removed set scored against the manifest
     (precision, recall, poisoned images left), both rankings' average precision, the found boxes' mean IoU,

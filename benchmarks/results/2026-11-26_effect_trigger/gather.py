@@ -1,13 +1,14 @@
-"""Gather the trigger study (README "A trigger with no colour" and "Where the trigger moves the features")
+"""Gather the trigger study (README "A trigger with no colour, and where the trigger moves the features")
 into this folder: rows.json (every evaluation, with report.json's trigger_shift), curves.json, table.md and
 backdoor_epochs.png. Run from the repo root after the sweeps in sweep_*.yaml (scratch sweep folders under
 sweeps/; the older arms' folders are the earlier studies' sweeps, re-evaluated in place with the same
-configs so that their reports gain trigger_shift, the metrics identical).
+configs so that their reports gain trigger_shift, the metrics identical: reeval.py beside this file).
     .venv/bin/python benchmarks/results/2026-11-26_effect_trigger/gather.py"""
 import json
 import statistics as st
 from pathlib import Path
 
+from fastbd.metrics import report_row
 from fastbd.plots import plot_curves
 from fastbd.sweep.results import collect_curves
 
@@ -25,10 +26,8 @@ BYOL_CLEAN = {"0b0d8d5ed986": 0, "e87f0e628367": 1, "d9d76622a6f5": 2, "4d6656f9
 
 
 def row(rep: dict, **kw) -> dict:
-    p, k = rep[rep["protocol"]], rep["knn_k20_lf0.1"]
-    return {**kw, "probe_top1": p["clean_top1"], "patched_top1": p["patched_top1"], "probe_fp": p["target_fp"],
-            "probe_fp_clean": p["target_fp_clean"], "knn_top1": k["clean_top1"], "knn_fp": k["target_fp"],
-            "knn_fp_clean": k["target_fp_clean"], "shift": rep.get("trigger_shift")}
+    """fastbd's results row (the probe's metrics and the kNN's, as report.md and the sweep CSV read them)."""
+    return {**kw, **report_row(rep), "shift": rep.get("trigger_shift")}
 
 
 rows, curves = [], []
@@ -74,8 +73,8 @@ for (trig, meth, pois), g in sorted(groups.items(), key=lambda kv: (kv[0][1], kv
     g = sorted(g, key=lambda r: r["seed"])
     near = ", ".join(f"c{r['shift']['nearest_class']:03d}" for r in g if r["shift"])
     L.append(f"| {trig} | {meth} | {'poisoned' if pois else 'clean'} | {','.join(str(r['seed']) for r in g)} | "
-             f"{ms([r['probe_top1'] for r in g], 100)} | {ms([r['probe_fp'] for r in g])} | {ms([r['probe_fp_clean'] for r in g])} | "
-             f"{ms([r['knn_top1'] for r in g], 100)} | {ms([r['knn_fp'] for r in g])} | {ms([r['knn_fp_clean'] for r in g])} | "
+             f"{ms([r['clean_top1'] for r in g], 100)} | {ms([r['target_fp'] for r in g])} | {ms([r['target_fp_clean'] for r in g])} | "
+             f"{ms([r['knn_top1'] for r in g], 100)} | {ms([r['knn_target_fp'] for r in g])} | {ms([r['knn_target_fp_clean'] for r in g])} | "
              f"{ms([r['shift']['cos_target'] for r in g if r['shift']], d=2)} | {near} | {ms([r['shift']['length'] for r in g if r['shift']], d=2)} |")
 L += ["", "Per seed (poisoned / clean): probe FP, kNN FP, shift cos to target, and the class the shift points at most:", ""]
 for (trig, meth, pois), g in sorted(groups.items()):
@@ -88,6 +87,6 @@ for (trig, meth, pois), g in sorted(groups.items()):
             continue
         sh = (f", cos {r['shift']['cos_target']:.2f}/{c['shift']['cos_target']:.2f}, nearest "
               f"c{r['shift']['nearest_class']:03d}/c{c['shift']['nearest_class']:03d}") if r["shift"] and c["shift"] else ""
-        L.append(f"- {meth}, {trig}, seed {r['seed']}: probe {r['probe_fp']}/{c['probe_fp']}, kNN {r['knn_fp']}/{c['knn_fp']}{sh}")
+        L.append(f"- {meth}, {trig}, seed {r['seed']}: probe {r['target_fp']}/{c['target_fp']}, kNN {r['knn_target_fp']}/{c['knn_target_fp']}{sh}")
 (OUT / "table.md").write_text("\n".join(L) + "\n")
 print("\n".join(L))
