@@ -366,7 +366,7 @@ def evaluate(cfg: EvalConfig, run: Optional[Path] = None, checkpoint: Optional[P
         m = knn_metrics(xtr, ytr, (xva, yva), (xvp, yvp), k, len(classes), target)
         report[f"knn_k{k}_lf{lf:g}"] = m  # the backdoor seen by kNN: FP, ASR, patched top-1
         report[f"knn_k{k}_lf{lf:g}_top1"] = m["clean_top1"]
-    if len(xva) == len(xvp) and torch.equal(yva, yvp):  # row i of val_poisoned is row i of val, triggered
+    if torch.equal(yva, yvp):  # row i of val_poisoned is row i of val, triggered (False on a length mismatch too)
         keep = yvp != target if target is not None else torch.ones_like(yvp, dtype=torch.bool)
         report["trigger_shift"] = trigger_shift(xtr, ytr, xva, xvp, keep, len(classes), target)
     out.mkdir(parents=True, exist_ok=True)
