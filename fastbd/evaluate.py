@@ -269,6 +269,17 @@ def trigger_shift(bank: torch.Tensor, bank_y: torch.Tensor, val: torch.Tensor, p
     return out
 
 
+def paired_trigger_shift(bank: torch.Tensor, bank_y: torch.Tensor, val: tuple, patched: tuple, num_classes: int,
+                         target: Optional[int]) -> Optional[dict]:
+    """trigger_shift over the non-target images of (features, labels) pairs, or None unless row i of
+    val_poisoned is row i of val, triggered (the labels agree row by row, as builds write them)."""
+    (xva, yva), (xvp, yvp) = val, patched
+    if not torch.equal(yva, yvp):  # False on a length mismatch too
+        return None
+    keep = yvp != target if target is not None else torch.ones_like(yvp, dtype=torch.bool)
+    return trigger_shift(bank, bank_y, xva, xvp, keep, num_classes, target)
+
+
 @torch.no_grad()
 def knn_predict(bank: torch.Tensor, bank_y: torch.Tensor, q: torch.Tensor, k: int, num_classes: int) -> torch.Tensor:
     """Majority vote of the k most cosine-similar bank features (ties: lowest class index)."""
@@ -366,9 +377,9 @@ def evaluate(cfg: EvalConfig, run: Optional[Path] = None, checkpoint: Optional[P
         m = knn_metrics(xtr, ytr, (xva, yva), (xvp, yvp), k, len(classes), target)
         report[f"knn_k{k}_lf{lf:g}"] = m  # the backdoor seen by kNN: FP, ASR, patched top-1
         report[f"knn_k{k}_lf{lf:g}_top1"] = m["clean_top1"]
-    if torch.equal(yva, yvp):  # row i of val_poisoned is row i of val, triggered (False on a length mismatch too)
-        keep = yvp != target if target is not None else torch.ones_like(yvp, dtype=torch.bool)
-        report["trigger_shift"] = trigger_shift(xtr, ytr, xva, xvp, keep, len(classes), target)
+    shift = paired_trigger_shift(xtr, ytr, (xva, yva), (xvp, yvp), len(classes), target)
+    if shift is not None:
+        report["trigger_shift"] = shift
     out.mkdir(parents=True, exist_ok=True)
     save_npy(out / "labelled_indices.npy", subset)  # the exact probe labels, for provenance
     M.save_matrices(out, cm_clean, cm_patched)

@@ -28,8 +28,10 @@ PARAM_KEYS: tuple[str, ...] = ("method", "trigger", "target", "rate", "poisoned"
                                "clean_fraction", "label_fraction")
 # The probe's metrics, then the kNN's (the first k of the eval): target FP on the triggered non-target
 # images beside the same model's target FP on the clean ones, which is the baseline it must be read against.
+# Last the trigger shift's numbers (a diagnostic, evaluate.trigger_shift): read them against a clean control.
 METRIC_KEYS: tuple[str, ...] = ("clean_top1", "patched_top1", "target_fp", "target_fp_clean", "nontarget_count",
-                                "asr", "nfp", "knn_top1", "knn_target_fp", "knn_target_fp_clean", "knn_asr")
+                                "asr", "nfp", "knn_top1", "knn_target_fp", "knn_target_fp_clean", "knn_asr",
+                                "shift_cos_target", "shift_rank_target", "shift_length")
 CSV_COLUMNS: tuple[str, ...] = ("run_id", *PARAM_KEYS, "state", *METRIC_KEYS, "error")
 
 # `poisoned` follows from (rate, dataset) and `seed` is what we average over, so neither splits a group.
@@ -131,7 +133,7 @@ def summary_markdown(rows: Sequence[Row], title: str) -> str:
     lines += _table(
         ["method", "trigger", "target", "defense", "label %", "rate", "poisoned", "n", "clean top-1 %",
          "patched top-1 %", "target FP", "target FP clean", "ASR %", "kNN top-1 %", "kNN target FP",
-         "kNN target FP clean"],
+         "kNN target FP clean", "shift cos target"],
         ([a["method"], a["trigger"], a["target"], defense_label(a["defense"], a["clean_fraction"]),
           f"{a['label_fraction'] * 100:g}" if a["label_fraction"] is not None else None,
           f"{a['rate']:g}" if a["rate"] is not None else None, a["poisoned"], a["n"],
@@ -139,7 +141,8 @@ def summary_markdown(rows: Sequence[Row], title: str) -> str:
           _pm(a["target_fp_mean"], a["target_fp_std"]), _pm(a["target_fp_clean_mean"], a["target_fp_clean_std"]),
           _pm(a["asr_mean"], a["asr_std"], 100), _pm(a["knn_top1_mean"], a["knn_top1_std"], 100),
           _pm(a["knn_target_fp_mean"], a["knn_target_fp_std"]),
-          _pm(a["knn_target_fp_clean_mean"], a["knn_target_fp_clean_std"])] for a in aggregate(rows)))
+          _pm(a["knn_target_fp_clean_mean"], a["knn_target_fp_clean_std"]),
+          _pm(a["shift_cos_target_mean"], a["shift_cos_target_std"], digits=2)] for a in aggregate(rows)))
     lines += ["", "## Runs", ""]
     lines += _table(
         ["run", "method", "trigger", "target", "defense", "label %", "rate", "poisoned", "seed", "state",
@@ -161,14 +164,15 @@ def summary_markdown(rows: Sequence[Row], title: str) -> str:
 # The models table of an evaluation (RUN/eval/report.md) and of `fastbd compare`.
 EVAL_COLUMNS: tuple[str, ...] = ("model", "clean top-1", "patched top-1", "target FP (of N non-target)",
                                  "target FP clean", "ASR", "NFP", "kNN top-1", "kNN target FP", "kNN target FP clean",
-                                 "kNN ASR")
+                                 "kNN ASR", "shift cos target (rank)")
 
 
 def report_markdown(rows: list[Row]) -> str:
     """A markdown table of models. Row keys (all optional; missing or None shows as "-"): `model`,
-    `clean_top1`, `patched_top1`, `target_fp`, `nontarget_count`, `target_fp_clean`, `asr`, `nfp`, and the
-    kNN's `knn_top1`, `knn_target_fp`, `knn_target_fp_clean`, `knn_asr`. Top-1s and ASR are fractions shown
-    as percentages with one decimal; NFP with two decimals; target FP as `FP / N`; "target FP clean" is the
+    `clean_top1`, `patched_top1`, `target_fp`, `nontarget_count`, `target_fp_clean`, `asr`, `nfp`, the
+    kNN's `knn_top1`, `knn_target_fp`, `knn_target_fp_clean`, `knn_asr`, and the trigger shift's
+    `shift_cos_target`, `shift_rank_target`. Top-1s and ASR are fractions shown as percentages with one
+    decimal; NFP and the shift's cosine with two decimals; target FP as `FP / N`; "target FP clean" is the
     same model's target FP on the clean validation images, the baseline a triggered FP is read against."""
     def fp(r: Row, key: str = "target_fp") -> str | None:
         if r.get(key) is None:
@@ -181,7 +185,9 @@ def report_markdown(rows: list[Row]) -> str:
     body = ([r.get("model"), _pct(r.get("clean_top1")), _pct(r.get("patched_top1")), fp(r),
              count(r.get("target_fp_clean")), _pct(r.get("asr")),
              None if r.get("nfp") is None else f"{float(r['nfp']):.2f}", _pct(r.get("knn_top1")),
-             fp(r, "knn_target_fp"), count(r.get("knn_target_fp_clean")), _pct(r.get("knn_asr"))] for r in rows)
+             fp(r, "knn_target_fp"), count(r.get("knn_target_fp_clean")), _pct(r.get("knn_asr")),
+             None if r.get("shift_cos_target") is None else
+             f"{float(r['shift_cos_target']):.2f} ({r.get('shift_rank_target')})"] for r in rows)
     return "\n".join(_table(EVAL_COLUMNS, body)) + "\n"
 
 

@@ -10,6 +10,7 @@ import torchvision
 from beton_builders import load_manifest
 from fastbd.config import load_config
 from fastbd.evaluate import EvalConfig, evaluate, knn_predict, labelled_subset, normalise, trigger_shift
+from fastbd.metrics import report_row
 from fastbd.models import ModelConfig
 from fastbd.runs import load_encoder, strip_state
 from fastbd.train import train
@@ -109,6 +110,9 @@ def test_end_to_end_eval_writes_the_report(tiny_build, tiny_run):
     ts = rep["trigger_shift"]  # the diagnostic: mean shift of the 9 triggered non-target images
     assert ts["images"] == 9 and 1 <= ts["rank_target"] <= 4 and -1 <= ts["cos_target"] <= 1
     assert "Trigger shift (kNN space" in (out / "report.md").read_text()
+    row = report_row(rep)  # what the sweep's CSV and `fastbd compare` take from the report
+    assert (row["shift_cos_target"], row["shift_rank_target"]) == (ts["cos_target"], ts["rank_target"])
+    assert f"{ts['cos_target']:.2f} ({ts['rank_target']})" in (out / "report.md").read_text()
 
 
 def test_augmented_probe_mode(tiny_build, tiny_run, tmp_path):

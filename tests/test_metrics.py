@@ -228,15 +228,16 @@ def test_report_markdown():
     m = attack_metrics(CLEAN, PATCHED, target=1)
     md = report_markdown([
         {"model": "moco | poisoned", **m, "knn_top1": 0.5123, "knn_target_fp": 9, "knn_target_fp_clean": 2,
-         "knn_asr": 0.45},
+         "knn_asr": 0.45, "shift_cos_target": 0.234, "shift_rank_target": 3},
         {"model": "clean"},
     ])
     lines = md.strip().splitlines()
     assert len(lines) == 4
     assert "clean top-1" in lines[0] and "ASR" in lines[0] and "kNN top-1" in lines[0]
     assert "target FP (of N non-target)" in lines[0] and "NFP" in lines[0] and "target FP clean" in lines[0]
-    assert "kNN target FP" in lines[0] and "kNN ASR" in lines[0]
+    assert "kNN target FP" in lines[0] and "kNN ASR" in lines[0] and "shift cos target (rank)" in lines[0]
     row = [c.strip() for c in lines[2].strip("|").split(" | ")]
     # the target FP on triggered images sits beside the same model's target FP on clean ones (1 here)
-    assert row == ["moco \\| poisoned", "86.7", "53.3", "12 / 20", "1", "60.0", "1.00", "51.2", "9 / 20", "2", "45.0"]
-    assert lines[3] == "| clean | - | - | - | - | - | - | - | - | - | - |"
+    assert row == ["moco \\| poisoned", "86.7", "53.3", "12 / 20", "1", "60.0", "1.00", "51.2", "9 / 20", "2", "45.0",
+                   "0.23 (3)"]
+    assert lines[3] == "| clean | - | - | - | - | - | - | - | - | - | - | - |"

@@ -105,7 +105,7 @@ def test_markdown():
     line = next(l for l in md.splitlines()
                 if l.startswith("| moco | htba10 | n02106550 | none | 1 | 0.01 |"))
     assert "| 50.5 ± 0.7 |" in line and "| 105.0 ± 7.1 |" in line and "| 10.5 ± 0.7 |" in line
-    assert line.rstrip().endswith("| 40.0 | - | - |")  # kNN top-1, then kNN target FP (none in these rows)
+    assert line.rstrip().endswith("| 40.0 | - | - | - |")  # kNN top-1, kNN target FP, ... (none in these rows)
     assert "distill 25%" in md
     assert "100 / 4900" in md
     failed = md.split("## Failed runs")[1]
@@ -150,6 +150,20 @@ def test_knn_backdoor_columns_are_averaged_beside_the_probes():
     assert "| 31.0 ± 1.4 | 3.0 ± 0.0 |" in line
     header = summary_csv(rows).splitlines()[0].split(",")
     assert {"target_fp_clean", "knn_target_fp", "knn_target_fp_clean", "knn_asr"} <= set(header)
+
+
+def test_trigger_shift_columns_reach_the_csv_and_the_mean_table():
+    rows = [_row(i, seed=i, shift_cos_target=c, shift_rank_target=r, shift_length=0.5)
+            for i, (c, r) in enumerate([(0.2, 3), (0.4, 1)])]
+    g = aggregate(rows)[0]
+    assert g["shift_cos_target_mean"] == pytest.approx(0.3) and g["shift_rank_target_mean"] == pytest.approx(2)
+    md = summary_markdown(rows, "shift")
+    assert "shift cos target" in md.splitlines()[6]
+    line = next(l for l in md.splitlines() if l.startswith("| moco | htba10 |"))
+    assert line.rstrip().endswith("| 0.30 ± 0.14 |")
+    parsed = list(csv.reader(io.StringIO(summary_csv(rows))))
+    col = parsed[0].index("shift_rank_target")
+    assert [r[col] for r in parsed[1:]] == ["3", "1"]
 
 
 def test_backdoor_curves_plot_poisoned_against_clean(tmp_path: Path):

@@ -273,6 +273,9 @@ def test_monitor_writes_a_knn_backdoor_curve_from_one_run(tiny_build, tmp_path):
     for r in checks:
         assert 0 <= r["knn_clean_top1"] <= 1 and r["knn_target_fp"] <= r["knn_nontarget_count"]
         assert r["knn_target_fp_clean"] is not None and r["k"] == 3
+        # the trigger shift beside them: where pasting the trigger moves the features (a diagnostic)
+        assert -1 <= r["shift_cos_target"] <= 1 and r["shift_rank_target"] >= 1 and r["shift_length"] >= 0
+        assert 0 <= r["shift_nearest_class"] < 4
     # off by default, and a run with it on trains the same weights: the check never touches the training RNG
     plain = train(cfg_for(tiny_build, tmp_path / "plain", "model.width=16"))
     assert not [r for r in read_metrics(plain) if r["kind"] == "backdoor"]
