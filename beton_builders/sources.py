@@ -124,13 +124,15 @@ class SyntheticSource:
     distractors: int = 0
     hue_spread: float = synthetic.HUE_SPREAD
     shared_hues: int = 0
+    subtypes: int = 1
 
     @classmethod
     def open(cls, spec: SourceSpec) -> "SyntheticSource":
         s = spec.synthetic
         return cls(s.seed, s.num_classes, {"train": s.train_per_class, "val": s.val_per_class},
                    s.width, s.height, s.size_jitter, s.jpeg_quality, synthetic.class_names(s.num_classes),
-                   s.background_saturation, tuple(s.object_size), s.distractors, s.hue_spread, s.shared_hues)
+                   s.background_saturation, tuple(s.object_size), s.distractors, s.hue_spread, s.shared_hues,
+                   s.subtypes)
 
     def items(self, split: str) -> list[tuple[str, int]]:
         n = self.per_split[split]
@@ -143,7 +145,7 @@ class SyntheticSource:
         return synthetic.render_jpeg(self.seed, split, i, i % self.num_classes, self.num_classes,
                                      self.width, self.height, self.size_jitter, self.quality,
                                      self.background_saturation, self.object_size, self.distractors,
-                                     self.hue_spread, self.shared_hues)
+                                     self.hue_spread, self.shared_hues, self.subtypes)
 
 
 def open_source(spec: SourceSpec):

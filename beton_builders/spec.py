@@ -43,6 +43,7 @@ class SyntheticSpec:
     distractors: int = 0  # objects per image: small shapes of any kind and hue under the class object (clutter)
     hue_spread: float = 0.02  # hue turns (1 = the colour circle): std of the object's hue around its class's; >= 0.5: any colour
     shared_hues: int = 0  # hues; K > 0: every object takes one of K hues shared by all classes (colour is no class cue); 0: its class's own
+    subtypes: int = 1  # looks per class; K > 1: each image shows one of its class's K looks (own shape, hue, texture)
     seed: int = 0  # generator seed (independent of the poisoning seed)
 
 
@@ -153,6 +154,7 @@ def validate(spec: PoisonSpec) -> PoisonSpec:
            f"{lo_hi} must be [min, max] with 0 < min <= max <= 0.5 (radius over the shorter side)")
     _check(0 <= syn.distractors <= 64, "source.synthetic.distractors", f"{syn.distractors}; must be in [0, 64]")
     _check(0 <= syn.shared_hues <= 64, "source.synthetic.shared_hues", f"{syn.shared_hues}; must be in [0, 64]")
+    _check(1 <= syn.subtypes <= 16, "source.synthetic.subtypes", f"{syn.subtypes}; must be in [1, 16]")
     _check(0 <= syn.hue_spread <= 1, "source.synthetic.hue_spread", f"{syn.hue_spread}; must be in [0, 1] (hue turns)")
     _check(t.kind in TRIGGER_KINDS, "trigger.kind", f"{t.kind!r} is not one of {TRIGGER_KINDS}")
     _check(t.width >= 1, "trigger.width", f"{t.width} px; must be >= 1")

@@ -33,6 +33,11 @@ the most consistent feature of the poisoned images when colour no longer tells t
 - `shared_hues` = K > 0: every object takes one of K hues that all classes share (K = 1: one colour for
   all), from the image's own stream; shape and background texture alone tell the classes apart.
 The class names keep their class colour (`c003_lime_ring`) whatever these knobs draw.
+
+`subtypes` = K > 1 gives every class K looks (shape, hue and texture of a class of a 10 x K set), one per
+image from its own stream: a class is then as varied as an ImageNet category, and no single shape or colour
+is its cue. The question it serves: is the trigger tied to the target class only when it is the most
+consistent feature of the poisoned images (README "Looks per class")?
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ DISTRACTOR_SIZE = (0.07, 0.12)  # distractor radius range, fraction of the short
 DISTRACTOR_STREAM = 9  # appended to an image's RNG key: the clutter's own stream (7 and 8: composed parts, below)
 HUE_SPREAD = 0.02  # default std of the class object's hue around its class's (hue turns): classes keep their colour
 HUE_STREAM = 10  # appended to an image's RNG key: which shared hue its object takes (shared_hues > 0)
+SUBTYPE_STREAM = 11  # appended to an image's RNG key: which of its class's looks it shows (subtypes > 1)
 
 
 def class_names(num_classes: int) -> list[str]:
@@ -71,6 +77,19 @@ def _object_hue(hue: float, shared_hues: int, key: list[int]) -> float:
     if shared_hues <= 0:
         return hue
     return (int(np.random.default_rng([*key, HUE_STREAM]).integers(shared_hues)) + 0.5) / shared_hues
+
+
+def _class_look(label: int, num_classes: int, subtypes: int, key: list[int]) -> tuple[int, float, float, float]:
+    """(shape, hue, texture orientation, texture frequency) of an image's object: its class's, or (subtypes =
+    K > 1) one of its class's K looks, drawn from the image's own stream (so no other draw changes). The
+    looks are the classes of a virtual set of num_classes x K (`_class_params`; distinct shape-and-colour
+    pairs up to 40 looks), dealt to the classes by a fixed permutation, so a class has no one shape,
+    colour or texture and a look says which class it belongs to."""
+    if subtypes <= 1:
+        return _class_params(label, num_classes)
+    j = int(np.random.default_rng([*key, SUBTYPE_STREAM]).integers(subtypes))
+    deal = np.random.default_rng([SUBTYPE_STREAM, num_classes, subtypes]).permutation(num_classes * subtypes)
+    return _class_params(int(deal[label * subtypes + j]), num_classes * subtypes)
 
 
 def _rgb(h: float, s: float, v: float) -> tuple[int, int, int]:
@@ -127,13 +146,13 @@ def _draw_distractors(draw: ImageDraw.ImageDraw, stream: list[int], count: int, 
 def render(seed: int, split: str, index: int, label: int, num_classes: int,
            width: int, height: int, size_jitter: float, background_saturation: float = 0.15,
            object_size: tuple[float, float] = (0.2, 0.32), distractors: int = 0,
-           hue_spread: float = HUE_SPREAD, shared_hues: int = 0) -> np.ndarray:
+           hue_spread: float = HUE_SPREAD, shared_hues: int = 0, subtypes: int = 1) -> np.ndarray:
     """One RGB uint8 image of class `label`, a pure function of its arguments."""
     rng = np.random.default_rng([seed, SPLIT_CODE[split], index])
     if size_jitter > 0:
         width = max(8, int(round(width * rng.uniform(1 - size_jitter, 1 + size_jitter))))
         height = max(8, int(round(height * rng.uniform(1 - size_jitter, 1 + size_jitter))))
-    shape, hue, orient, freq = _class_params(label, num_classes)
+    shape, hue, orient, freq = _class_look(label, num_classes, subtypes, [seed, SPLIT_CODE[split], index])
     hue = _object_hue(hue, shared_hues, [seed, SPLIT_CODE[split], index])
     # Background: a class-independent colour gradient plus a grating at the class's orientation.
     img, xx, yy, scale = _gradient(rng, width, height, background_saturation)
@@ -158,10 +177,10 @@ def render(seed: int, split: str, index: int, label: int, num_classes: int,
 def render_jpeg(seed: int, split: str, index: int, label: int, num_classes: int, width: int,
                 height: int, size_jitter: float, quality: int, background_saturation: float = 0.15,
                 object_size: tuple[float, float] = (0.2, 0.32), distractors: int = 0,
-                hue_spread: float = HUE_SPREAD, shared_hues: int = 0) -> bytes:
+                hue_spread: float = HUE_SPREAD, shared_hues: int = 0, subtypes: int = 1) -> bytes:
     buf = io.BytesIO()
     arr = render(seed, split, index, label, num_classes, width, height, size_jitter, background_saturation,
-                 object_size, distractors, hue_spread, shared_hues)
+                 object_size, distractors, hue_spread, shared_hues, subtypes)
     Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
 
@@ -173,11 +192,11 @@ OBJECT_STREAM, BACKDROP_STREAM = 7, 8
 
 def cutout(seed: int, index: int, label: int, num_classes: int, size: int,
            object_size: tuple[float, float] = (0.2, 0.32), hue_spread: float = HUE_SPREAD,
-           shared_hues: int = 0) -> tuple[np.ndarray, np.ndarray]:
+           shared_hues: int = 0, subtypes: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """A reference object of class `label`: its shape in its hue, at the radius `render` draws in a `size`-px
     image, lit and noised as `render` does, cropped to the shape. Returns (rgb (h, w, 3) uint8, mask (h, w) bool)."""
     rng = np.random.default_rng([seed, OBJECT_STREAM, label, index])
-    shape, hue, _, _ = _class_params(label, num_classes)
+    shape, hue, _, _ = _class_look(label, num_classes, subtypes, [seed, OBJECT_STREAM, label, index])
     hue = _object_hue(hue, shared_hues, [seed, OBJECT_STREAM, label, index])
     r = size * rng.uniform(*object_size)
     side = int(np.ceil(2.2 * r)) + 2

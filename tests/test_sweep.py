@@ -77,6 +77,22 @@ def test_dry_run_plans_and_writes_nothing(tmp_path):
     assert out.exit_code == 0 and "4 pending" in out.output and "would run 4 runs" in out.output
 
 
+def test_a_knob_added_at_its_neutral_value_changes_no_id(tmp_path):
+    """NEUTRAL_SPEC_FIELDS: a spec field whose default keeps every byte stays out of build and run ids at that
+    value, so the ids (and run folders) of sweeps measured before the knob existed still hold."""
+    path = write_sweep(tmp_path)
+    ids = lambda plan: ([b["id"] for b in plan["builds"].values()], [r["id"] for r in plan["runs"]])
+    base = ids(make_plan(load_sweep(path)))
+    assert ids(make_plan(load_sweep(path, ["poison_overrides=[source.synthetic.subtypes=1]"]))) == base
+    other = ids(make_plan(load_sweep(path, ["poison_overrides=[source.synthetic.subtypes=2]"])))
+    assert not set(other[0]) & set(base[0]) and not set(other[1]) & set(base[1])
+    # the clean controls of the committed black-and-white study keep the ids of the measured runs
+    # (benchmarks/results/2026-11-26_effect_trigger): MoCo v2 with 512 keys, seed 0
+    bw = make_plan(load_sweep(Path(__file__).parents[1] / "configs" / "sweeps" / "effect_bw.yaml",
+                              [f"out={tmp_path / 'bw'}"]))
+    assert "c09c6d8605aa" in {r["id"] for r in bw["runs"] if r["params"]["rate"] == 0}
+
+
 @pytest.mark.parametrize("path", sorted(p for d in ("sweeps", "repro") for p in
                                         (Path(__file__).parents[1] / "configs" / d).glob("*.yaml")),
                          ids=lambda p: f"{p.parent.name}/{p.name}")

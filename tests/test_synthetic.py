@@ -135,3 +135,27 @@ def test_shared_hues_out_of_range_is_a_field_error(tmp_path):
     r = CliRunner().invoke(app, ["make-synthetic", "--out", str(tmp_path / "s"), "source.synthetic.shared_hues=-2"])
     assert r.exit_code == 2
     assert "source.synthetic.shared_hues" in r.output
+
+
+def test_subtypes_give_each_class_several_looks_that_no_other_class_shows():
+    """`subtypes=K`: an image shows one of its class's K looks (a shape, hue and texture of a 10 x K set),
+    drawn from its own stream; 1 keeps every byte; the looks of different classes are disjoint."""
+    from beton_builders.synthetic import _class_look, cutout
+
+    a = render(0, "train", 4, 2, 10, 64, 64, 0.0)
+    assert (render(0, "train", 4, 2, 10, 64, 64, 0.0, subtypes=1) == a).all()
+    assert (cutout(0, 1, 3, 10, 64, subtypes=1)[0] == cutout(0, 1, 3, 10, 64)[0]).all()
+    looks = {c: {_class_look(c, 10, 4, [0, 0, i]) for i in range(200)} for c in range(10)}
+    assert all(len(v) == 4 for v in looks.values())  # every look of every class is drawn
+    pairs = [(shape, round(hue, 1) % 1.0) for v in looks.values() for shape, hue, _, _ in v]
+    assert len(set(pairs)) == 40  # 40 distinct shape-and-colour looks, none shared by two classes
+    hues = {round(object_hue(render(0, "train", i, 3, 10, 64, 64, 0.0, subtypes=4)) * 10) % 10 for i in range(3, 400, 10)}
+    assert len(hues) >= 3  # one class, several colours
+    b = render(0, "train", 4, 2, 10, 64, 64, 0.0, subtypes=4)
+    assert (b == render(0, "train", 4, 2, 10, 64, 64, 0.0, subtypes=4)).all()
+
+
+def test_subtypes_out_of_range_is_a_field_error(tmp_path):
+    r = CliRunner().invoke(app, ["make-synthetic", "--out", str(tmp_path / "s"), "source.synthetic.subtypes=0"])
+    assert r.exit_code == 2
+    assert "source.synthetic.subtypes" in r.output

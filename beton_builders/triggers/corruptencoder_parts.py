@@ -139,7 +139,7 @@ def synthetic_parts(spec, target: int) -> dict[str, list[Part]]:
     refs = []
     for k in range(c.num_references):
         obj, mask = synthetic.cutout(s.seed, k, target, s.num_classes, size, tuple(s.object_size), s.hue_spread,
-                                     s.shared_hues)
+                                     s.shared_hues, s.subtypes)
         side = max(size, *obj.shape[:2])
         # the whole reference image (what a support poison shows): the object in a scene
         scene = synthetic.backdrop(s.seed, SCENE_INDEX + k, side, side, s.background_saturation, s.distractors)
@@ -153,6 +153,6 @@ def synthetic_parts(spec, target: int) -> dict[str, list[Part]]:
     for k in range(c.num_support):
         img = synthetic.render(s.seed, "train", first + k, target, s.num_classes, s.width, s.height, s.size_jitter,
                                s.background_saturation, tuple(s.object_size), s.distractors, s.hue_spread,
-                               s.shared_hues)
+                               s.shared_hues, s.subtypes)
         supports.append(Part(f"synthetic/train/{first + k:07d}", img, sha256=hashlib.sha256(img.tobytes()).hexdigest()))
     return {"references": refs, "supports": supports}

@@ -151,6 +151,24 @@ def without(d: dict, *paths: str) -> dict:
     return d
 
 
+# Spec fields added after studies cited their sweeps' build and run ids, with the value that keeps those builds'
+# bytes: at that value they are left out of the plan's spec (a build reads the default back), so adding the
+# knob changed no id; any other value is part of the spec and of every id, as usual.
+NEUTRAL_SPEC_FIELDS: dict[str, object] = {"source.synthetic.subtypes": 1}
+
+
+def _identity_spec(d: dict) -> dict:
+    """`d` without the NEUTRAL_SPEC_FIELDS that hold their neutral value."""
+    drop = []
+    for path, neutral in NEUTRAL_SPEC_FIELDS.items():
+        node = d
+        for part in path.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node == neutral:
+            drop.append(path)
+    return without(d, *drop)
+
+
 def _attacks(g: GridConfig) -> list[tuple[str, Optional[str]]]:
     triggers = list(g.triggers) or ["default"]
     targets: list[Optional[str]] = list(g.targets) or [None]
@@ -172,7 +190,7 @@ def _builds(cfg: SweepConfig, root: Path) -> dict[tuple, dict]:
         if rates:
             items.append(f"attack.rates=[{','.join(map(str, rates))}]")
         spec = load_spec(cfg.poison, items)
-        d = to_dict(spec)
+        d = _identity_spec(to_dict(spec))
         bid = digest(d)
         tname = target if target is not None else str(spec.attack.target)
         out[(trig, target)] = {"id": bid, "dir": str(root / "builds" / f"{_slug(trig)}-{_slug(tname)}-{bid}"),
