@@ -37,7 +37,7 @@ The class names keep their class colour (`c003_lime_ring`) whatever these knobs 
 `subtypes` = K > 1 gives every class K looks (shape, hue and texture of a class of a 10 x K set), one per
 image from its own stream: a class is then as varied as an ImageNet category, and no single shape or colour
 is its cue. The question it serves: is the trigger tied to the target class only when it is the most
-consistent feature of the poisoned images (README "Looks per class")?
+consistent feature of the poisoned images? (README "Dose and looks: what pulls a triggered image")
 """
 
 from __future__ import annotations

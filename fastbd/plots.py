@@ -172,7 +172,8 @@ def _curve_series(curves: Sequence[Row], key) -> dict[tuple, list[tuple[int, flo
 def plot_curves(curves: Sequence[Row], out_dir: Path) -> list[Path]:
     """`backdoor_epochs.png/.pdf`: the training-time kNN checks against epochs, one line per method and
     poisoned / clean (dashed) / distilled (dotted): target FP on triggered non-target images (as % of them),
-    and kNN top-1; mean over seeds, with a band of one sample std."""
+    and kNN top-1; mean over seeds, with a band of one sample std. A colour per method, or, for one method
+    with several poisoned arms, a colour per arm."""
     if not curves:
         return []
     plt = _pyplot()
@@ -192,6 +193,13 @@ def plot_curves(curves: Sequence[Row], out_dir: Path) -> list[Path]:
     arms = sorted({(str(c.get("trigger")), float(c["rate"])) for c in curves if c["rate"]})  # poisoned trigger x rate
     markers = {arm: "os^vD<>p"[i % 8] for i, arm in enumerate(arms)}
     n_triggers, n_rates = len({t for t, _ in arms}), len({r for _, r in arms})
+    # one method with several poisoned arms (a rate or trigger study): a colour per arm, the clean line grey
+    by_arm = len(methods) == 1 and len(arms) > 1
+
+    def colour(method, trigger, rate):
+        if not by_arm:
+            return colors[str(method)]
+        return f"C{arms.index((str(trigger), float(rate))) % 10}" if rate else "0.35"
 
     def order(ln):  # per method: poisoned lines first, then the clean one, then defenses
         return str(ln[0]), not ln[2], str(ln[1]), ln[2], str(ln[3]), ln[4] or 0.0
@@ -212,10 +220,10 @@ def plot_curves(curves: Sequence[Row], out_dir: Path) -> list[Path]:
             if defense not in (None, "none"):
                 label += f" + {defense_label(defense, cf)}"
             ax.plot(x, y, linestyle=style, marker=markers.get((str(trigger), rate), "o"), markersize=3,
-                    color=colors[str(method)], label=label)
+                    color=colour(method, trigger, rate), label=label)
             if any(sd):
                 ax.fill_between(x, [a - b for a, b in zip(y, sd)], [a + b for a, b in zip(y, sd)],
-                                color=colors[str(method)], alpha=0.12)
+                                color=colour(method, trigger, rate), alpha=0.12)
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
