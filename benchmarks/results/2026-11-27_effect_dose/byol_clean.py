@@ -1,0 +1,24 @@
+"""BYOL's clean controls for the rate-0.9 arm: the clutter study's clean BYOL encoders (seeds 0-3; the same
+clean bytes as the rate-0.9 build, so eval's data_check reads "same clean data") evaluated on the rate-0.9
+build with the poisoned runs' own eval config and seed. Writes sweeps/effect_bw_byol_r09/clean_controls/<run>/.
+Run from the repo root after the sweep in sweep_bw_byol_rate09.yaml built its data (2026-11-27):
+    .venv/bin/python benchmarks/results/2026-11-27_effect_dose/byol_clean.py"""
+import copy
+import json
+from pathlib import Path
+
+import torch
+
+torch.set_num_threads(1)
+from fastbd.sweep.stages import _eval_stage  # noqa: E402
+
+SW = Path("sweeps/effect_bw_byol_r09")
+CLEAN = {"0b0d8d5ed986": 0, "e87f0e628367": 1, "d9d76622a6f5": 2, "4d6656f9d083": 3}
+cfg0 = json.loads((SW / "plan.json").read_text())["runs"][0]["evals"][0]["cfg"]
+for rid, seed in CLEAN.items():
+    cfg = {**copy.deepcopy(cfg0), "seed": seed, "out": str(SW / "clean_controls" / rid)}
+    if not Path(cfg["out"], "report.json").is_file():
+        _eval_stage(cfg, f"sweeps/effect_distractors_byol/runs/{rid}/train", lambda s: None)
+    rep = json.loads(Path(cfg["out"], "report.json").read_text())
+    m = rep[rep["protocol"]]
+    print(rid, seed, rep["data_check"]["match"], m["clean_top1"], m["target_fp"], m["target_fp_clean"], flush=True)

@@ -1,0 +1,87 @@
+"""Gather the dose and look study (README "Dose and looks: when the trigger outpulls the class it resembles")
+into this folder: rows.json (every evaluation of the sweeps below, with report.json's trigger_shift),
+curves.json, table.md and backdoor_epochs.png. Run from the repo root after the sweeps in sweep_*.yaml:
+    .venv/bin/python benchmarks/results/2026-11-27_effect_dose/gather.py
+The trigger screen (screen.py, screen_rows.json) and the smaller-trigger check (screen2.py,
+screen2_rows.json) are gathered by the scripts that made them."""
+import json
+import statistics as st
+from pathlib import Path
+
+from fastbd.metrics import report_row
+from fastbd.plots import plot_curves
+from fastbd.sweep.results import collect_curves
+
+OUT = Path(__file__).parent
+# (sweep folder, arm label, method label); the rate-0.5 arm is the black-and-white study's
+# (2026-11-26_effect_trigger); BYOL's clean controls are that study's clean BYOL encoders (the clutter
+# study's, same clean bytes) evaluated on the rate-0.9 build by byol_clean.py: sweeps/effect_bw_byol_r09/clean_controls
+MOCO, BYOL = "MoCo v2, 512 keys", "BYOL"
+ARMS = [("sweeps/effect_bw_q512", "20 px", MOCO), ("sweeps/effect_bw_rate09", "20 px", MOCO),
+        ("sweeps/effect_bw14_rate09", "14 px", MOCO), ("sweeps/effect_bw_byol_r09", "20 px", BYOL),
+        ("sweeps/effect_sub4_bw", "20 px, 4 looks a class", MOCO)]
+BYOL_CLEAN = {"0b0d8d5ed986": 0, "e87f0e628367": 1, "d9d76622a6f5": 2, "4d6656f9d083": 3}
+
+
+def row(rep: dict, **kw) -> dict:
+    return {**kw, **report_row(rep), "shift": rep.get("trigger_shift")}
+
+
+rows, curves = [], []
+for folder, source, method in ARMS:
+    if not Path(folder, "plan.json").is_file():
+        continue
+    plan = json.loads(Path(folder, "plan.json").read_text())
+    for r in plan["runs"]:
+        p = r["params"]
+        variants = [("none", r["evals"])] + [(f"distill {k}", v) for k, v in r.get("distill_evals", {}).items()]
+        for defense, entries in variants:
+            for e in entries:
+                rep_path = Path(e["cfg"]["out"], "report.json")
+                if rep_path.is_file():
+                    rows.append(row(json.loads(rep_path.read_text()), source=source, method=method,
+                                    sweep=Path(folder).name, run_id=r["id"], seed=p["seed"], rate=p["rate"],
+                                    defense=defense))
+    for c in collect_curves(folder) if method == MOCO and "looks" not in source else []:  # looks: stopped
+        if c["defense"] == "none" and c["run_id"] not in {x["run_id"] for x in curves}:  # clean runs: once
+            curves.append({**c, "method": MOCO, "trigger": f"bw {source}"})
+for rid, seed in BYOL_CLEAN.items():
+    rep_path = Path("sweeps/effect_bw_byol_r09/clean_controls", rid, "report.json")
+    if rep_path.is_file():
+        rows.append(row(json.loads(rep_path.read_text()), source="20 px", method=BYOL, run_id=rid, seed=seed, rate=0.0,
+                        defense="none", sweep="effect_distractors_byol (clean, evaluated on the rate-0.9 build)"))
+(OUT / "rows.json").write_text(json.dumps(rows, indent=1) + "\n")
+(OUT / "curves.json").write_text(json.dumps(curves, indent=1) + "\n")
+
+
+def ms(v, scale=1.0, d=1):
+    v = [x * scale for x in v if x is not None]
+    if not v:
+        return "-"
+    return f"{st.mean(v):.{d}f}" + (f" ± {st.stdev(v):.{d}f}" if len(v) > 1 else "")
+
+
+L = ["| method | trigger | rate | model | seeds | probe top-1 % | probe FP | probe FP clean | kNN top-1 % | kNN FP | kNN FP clean | shift: cos to target | shift: nearest class |",
+     "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+groups = {}
+for r in rows:
+    if r["rate"] == 0 and r["sweep"] == "effect_bw_q512":
+        continue  # the same clean encoders as effect_bw_rate09's, on the rate-0.5 build: listed once, there
+    groups.setdefault((r["method"], r["source"], r["rate"], r["defense"]), []).append(r)
+for (meth, src, rate, d), g in sorted(groups.items()):
+    g = sorted(g, key=lambda r: r["seed"])
+    model = "clean" if rate == 0 else ("poisoned" if d == "none" else f"poisoned, {d}")
+    near = ", ".join(f"c{r['shift']['nearest_class']:03d}" for r in g if r["shift"])
+    L.append(f"| {meth} | {src} | {rate:g} | {model} | {','.join(str(r['seed']) for r in g)} | "
+             f"{ms([r['clean_top1'] for r in g], 100)} | {ms([r['target_fp'] for r in g])} | {ms([r['target_fp_clean'] for r in g])} | "
+             f"{ms([r['knn_top1'] for r in g], 100)} | {ms([r['knn_target_fp'] for r in g])} | {ms([r['knn_target_fp_clean'] for r in g])} | "
+             f"{ms([r['shift']['cos_target'] for r in g if r['shift']], d=2)} | {near} |")
+L += ["", "Per seed, probe FP / kNN FP / clean top-1 % / shift's nearest class:", ""]
+for (meth, src, rate, d), g in sorted(groups.items()):
+    cells = [f"s{r['seed']}: {r['target_fp']} / {r['knn_target_fp']} / {r['clean_top1'] * 100:.1f} / "
+             f"c{r['shift']['nearest_class']:03d}" for r in sorted(g, key=lambda r: r["seed"]) if r["shift"]]
+    L.append(f"- {meth}, {src}, rate {rate:g}, {d}: " + "; ".join(cells))
+(OUT / "table.md").write_text("\n".join(L) + "\n")
+print("\n".join(L))
+plot_curves(curves, OUT)
+(OUT / "backdoor_epochs.pdf").unlink(missing_ok=True)
