@@ -5,11 +5,11 @@ curves.json, table.md and backdoor_epochs.png. Run from the repo root after the 
 The trigger screen (screen.py, screen_rows.json) and the smaller-trigger check (screen2.py,
 screen2_rows.json) are gathered by the scripts that made them."""
 import json
-import statistics as st
 from pathlib import Path
 
-from fastbd.metrics import report_row
+from fastbd.metrics import _mean_std, report_row
 from fastbd.plots import plot_curves
+from fastbd.report import _pm
 from fastbd.sweep.results import collect_curves
 
 OUT = Path(__file__).parent
@@ -55,14 +55,13 @@ for rid, seed in BYOL_CLEAN.items():
 
 
 def ms(v, scale=1.0, d=1):
-    v = [x * scale for x in v if x is not None]
-    if not v:
-        return "-"
-    return f"{st.mean(v):.{d}f}" + (f" ± {st.stdev(v):.{d}f}" if len(v) > 1 else "")
+    """"mean ± std" as fastbd's sweep tables write it (sample std over seeds)."""
+    return _pm(*_mean_std([x for x in v if x is not None]), scale, d)
 
 
 L = ["| method | trigger | rate | model | seeds | probe top-1 % | probe FP | probe FP clean | kNN top-1 % | kNN FP | kNN FP clean | shift: cos to target | shift: nearest class |",
      "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+COLUMNS = ("clean_top1", "target_fp", "target_fp_clean", "knn_top1", "knn_target_fp", "knn_target_fp_clean")
 groups = {}
 for r in rows:
     if r["rate"] == 0 and r["sweep"] == "effect_bw_q512":
@@ -72,10 +71,9 @@ for (meth, src, rate, d), g in sorted(groups.items()):
     g = sorted(g, key=lambda r: r["seed"])
     model = "clean" if rate == 0 else ("poisoned" if d == "none" else f"poisoned, {d}")
     near = ", ".join(f"c{r['shift']['nearest_class']:03d}" for r in g if r["shift"])
-    L.append(f"| {meth} | {src} | {rate:g} | {model} | {','.join(str(r['seed']) for r in g)} | "
-             f"{ms([r['clean_top1'] for r in g], 100)} | {ms([r['target_fp'] for r in g])} | {ms([r['target_fp_clean'] for r in g])} | "
-             f"{ms([r['knn_top1'] for r in g], 100)} | {ms([r['knn_target_fp'] for r in g])} | {ms([r['knn_target_fp_clean'] for r in g])} | "
-             f"{ms([r['shift']['cos_target'] for r in g if r['shift']], d=2)} | {near} |")
+    metrics = " | ".join(ms([r[k] for r in g], 100 if k.endswith("top1") else 1) for k in COLUMNS)
+    cos = ms([r["shift"]["cos_target"] for r in g if r["shift"]], d=2)
+    L.append(f"| {meth} | {src} | {rate:g} | {model} | {','.join(str(r['seed']) for r in g)} | {metrics} | {cos} | {near} |")
 L += ["", "Per seed, probe FP / kNN FP / clean top-1 % / shift's nearest class:", ""]
 for (meth, src, rate, d), g in sorted(groups.items()):
     cells = [f"s{r['seed']}: {r['target_fp']} / {r['knn_target_fp']} / {r['clean_top1'] * 100:.1f} / "
