@@ -262,19 +262,18 @@ def knn_columns(report: dict) -> dict:
             "knn_asr": m.get("asr")}
 
 
-def shift_columns(report: dict) -> dict:
-    """The trigger_shift diagnostic's numbers for a results row (evaluate.trigger_shift; all None in reports
-    from before it, or when val and val_poisoned do not pair row by row). A rank of 1: the target is the class
-    the trigger moves features towards most."""
-    ts = report.get("trigger_shift") or {}
-    return {"shift_cos_target": ts.get("cos_target"), "shift_rank_target": ts.get("rank_target"),
-            "shift_length": ts.get("length")}
+def shift_columns(ts: dict | None) -> dict:
+    """The `shift_*` columns of an evaluate.trigger_shift result, for a results row and the training
+    monitor's checks (all None for reports from before it, or when val and val_poisoned do not pair row by
+    row). A rank of 1: the target is the class the trigger moves features towards most."""
+    ts = ts or {}
+    return {f"shift_{k}": ts.get(k) for k in ("cos_target", "rank_target", "length", "nearest_class")}
 
 
 def report_row(report: dict) -> dict:
     """One results row from a report.json: the probe's metrics (its protocol's entry), the kNN's and the
     trigger shift's."""
-    return {**report[report["protocol"]], **knn_columns(report), **shift_columns(report)}
+    return {**report[report["protocol"]], **knn_columns(report), **shift_columns(report.get("trigger_shift"))}
 
 
 # --- result rows: numbers and labels shared by the tables (report.py) and the figures (plots.py) ---

@@ -8,10 +8,10 @@ that were never poisoned at any rate, the probe's own pool) and of `val` and `va
 cosine kNN vote, and the paper's metrics come out: kNN top-1, target FP on the triggered non-target
 images and on the clean ones, ASR; beside them the trigger shift (`shift_*`: its cosine with the target's
 direction, rank, length and nearest class; evaluate.trigger_shift, a diagnostic). The reference measures
-the backdoor with a kNN classifier as well (moco/eval_knn.py). One run then gives the curve of target FP against epochs, which `--resume RUN
-epochs=N` cannot (it re-spreads the learning-rate schedule). On the 2-core CPU a check of the effect
-recipe's 5,000-image build costs a few seconds; it runs on rank 0 only, in eval mode, without gradients,
-and the encoder goes back to training mode after it.
+the backdoor with a kNN classifier as well (moco/eval_knn.py). One run then gives the curve of target FP
+against epochs, which `--resume RUN epochs=N` cannot (it re-spreads the learning-rate schedule). On the
+2-core CPU a check of the effect recipe's 5,000-image build costs a few seconds; it runs on rank 0 only,
+in eval mode, without gradients, and the encoder goes back to training mode after it.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch
 from beton_builders.manifest import load_manifest
 from fastbd.data.samples import TarSamples
 from fastbd.evaluate import EvalConfig, extract, knn_metrics, labelled_subset, paired_trigger_shift
+from fastbd.metrics import shift_columns
 
 
 @dataclass
@@ -76,5 +77,5 @@ class BackdoorMonitor:
         out = {"k": self.cfg.k, **{f"knn_{key}": m[key] for key in keep}}
         shift = paired_trigger_shift(xtr, ytr, val, patched, self.num_classes, self.target)
         if shift is not None:  # where the trigger moves the features, epoch by epoch (a diagnostic, as in eval)
-            out.update({f"shift_{key}": shift[key] for key in ("cos_target", "rank_target", "length", "nearest_class")})
+            out.update(shift_columns(shift))
         return out
