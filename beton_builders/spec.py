@@ -214,7 +214,9 @@ def _resolve_paths(spec: PoisonSpec, base: Path) -> None:
         if p is None or Path(p).is_absolute() or Path(p).exists():
             return p
         cand = base / p
-        return str(cand) if cand.exists() else p
+        # normalised, so that "../triggers/x.png" from configs/poison/ and the same file named from the repo
+        # root spell one path: the spec (and a sweep's build id, its digest) then names the file, not the spelling
+        return str(cand.resolve()) if cand.exists() else p
 
     s = spec.source
     s.root, s.class_list, s.train_list, s.val_list = map(fix, (s.root, s.class_list, s.train_list, s.val_list))
