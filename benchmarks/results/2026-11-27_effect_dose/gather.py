@@ -1,4 +1,4 @@
-"""Gather the dose and look study (README "Dose and looks: when the trigger outpulls the class it resembles")
+"""Gather the dose and look study (README "Dose and looks: what pulls a triggered image")
 into this folder: rows.json (every evaluation of the sweeps below, with report.json's trigger_shift),
 curves.json, table.md and backdoor_epochs.png. Run from the repo root after the sweeps in sweep_*.yaml:
     .venv/bin/python benchmarks/results/2026-11-27_effect_dose/gather.py
@@ -18,8 +18,12 @@ OUT = Path(__file__).parent
 # study's, same clean bytes) evaluated on the rate-0.9 build by byol_clean.py: sweeps/effect_bw_byol_r09/clean_controls
 MOCO, BYOL = "MoCo v2, 512 keys", "BYOL"
 ARMS = [("sweeps/effect_bw_q512", "20 px", MOCO), ("sweeps/effect_bw_rate09", "20 px", MOCO),
-        ("sweeps/effect_bw14_rate09", "14 px", MOCO), ("sweeps/effect_bw_byol_r09", "20 px", BYOL),
-        ("sweeps/effect_sub4_bw", "20 px, 4 looks a class", MOCO)]
+        ("sweeps/effect_bw14_rate09", "14 px", MOCO), ("sweeps/effect_bw17_rate09", "17 px", MOCO),
+        ("sweeps/effect_bw_byol_r09", "20 px", BYOL), ("sweeps/effect_sub4_bw", "20 px, 4 looks a class", MOCO),
+        ("sweeps/effect_bw_rate09_dist", "20 px", MOCO)]
+# effect_bw_rate09_dist holds effect_bw_rate09's encoders (copied) distilled by the stronger student (batch 64,
+# 60 epochs): only its students are new rows. The 17-px sweep's students are the stronger one's too.
+STRONG = {"effect_bw_rate09_dist", "effect_bw17_rate09"}
 BYOL_CLEAN = {"0b0d8d5ed986": 0, "e87f0e628367": 1, "d9d76622a6f5": 2, "4d6656f9d083": 3}
 
 
@@ -36,6 +40,10 @@ for folder, source, method in ARMS:
         p = r["params"]
         variants = [("none", r["evals"])] + [(f"distill {k}", v) for k, v in r.get("distill_evals", {}).items()]
         for defense, entries in variants:
+            if Path(folder).name == "effect_bw_rate09_dist" and defense == "none":
+                continue
+            if Path(folder).name in STRONG and defense != "none":
+                defense += ", 60 ep at batch 64"
             for e in entries:
                 rep_path = Path(e["cfg"]["out"], "report.json")
                 if rep_path.is_file():
