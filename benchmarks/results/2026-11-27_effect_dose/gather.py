@@ -20,10 +20,10 @@ MOCO, BYOL = "MoCo v2, 512 keys", "BYOL"
 ARMS = [("sweeps/effect_bw_q512", "20 px", MOCO), ("sweeps/effect_bw_rate09", "20 px", MOCO),
         ("sweeps/effect_bw14_rate09", "14 px", MOCO), ("sweeps/effect_bw17_rate09", "17 px", MOCO),
         ("sweeps/effect_bw_byol_r09", "20 px", BYOL), ("sweeps/effect_sub4_bw", "20 px, 4 looks a class", MOCO),
-        ("sweeps/effect_bw_rate09_dist", "20 px", MOCO)]
+        ("sweeps/effect_bw_rate09_dist", "20 px", MOCO), ("sweeps/effect_bw17_byol", "17 px", BYOL)]
 # effect_bw_rate09_dist holds effect_bw_rate09's encoders (copied) distilled by the stronger student (batch 64,
-# 60 epochs): only its students are new rows. The 17-px sweep's students are the stronger one's too.
-STRONG = {"effect_bw_rate09_dist", "effect_bw17_rate09"}
+# 60 epochs): only its students are new rows. The 17-px sweeps' students are the stronger one's too.
+STRONG = {"effect_bw_rate09_dist", "effect_bw17_rate09", "effect_bw17_byol"}
 BYOL_CLEAN = {"0b0d8d5ed986": 0, "e87f0e628367": 1, "d9d76622a6f5": 2, "4d6656f9d083": 3}
 
 
@@ -53,11 +53,13 @@ for folder, source, method in ARMS:
     for c in collect_curves(folder) if method == MOCO and "looks" not in source else []:  # looks: stopped
         if c["defense"] == "none" and c["run_id"] not in {x["run_id"] for x in curves}:  # clean runs: once
             curves.append({**c, "method": MOCO, "trigger": f"bw {source}"})
-for rid, seed in BYOL_CLEAN.items():
-    rep_path = Path("sweeps/effect_bw_byol_r09/clean_controls", rid, "report.json")
-    if rep_path.is_file():
-        rows.append(row(json.loads(rep_path.read_text()), source="20 px", method=BYOL, run_id=rid, seed=seed, rate=0.0,
-                        defense="none", sweep="effect_distractors_byol (clean, evaluated on the rate-0.9 build)"))
+for folder, source in (("sweeps/effect_bw_byol_r09", "20 px"), ("sweeps/effect_bw17_byol", "17 px")):
+    for rid, seed in BYOL_CLEAN.items():
+        rep_path = Path(folder, "clean_controls", rid, "report.json")
+        if rep_path.is_file():
+            rows.append(row(json.loads(rep_path.read_text()), source=source, method=BYOL, run_id=rid, seed=seed,
+                            rate=0.0, defense="none",
+                            sweep=f"effect_distractors_byol (clean, evaluated on the {source} rate-0.9 build)"))
 (OUT / "rows.json").write_text(json.dumps(rows, indent=1) + "\n")
 (OUT / "curves.json").write_text(json.dumps(curves, indent=1) + "\n")
 
