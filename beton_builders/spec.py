@@ -203,19 +203,19 @@ def validate(spec: PoisonSpec) -> PoisonSpec:
 def load_spec(path: str | Path | None = None, overrides: tuple[str, ...] | list[str] = ()) -> PoisonSpec:
     """Load and validate a poison spec; relative paths in it resolve against the YAML file's folder."""
     spec = load_config(PoisonSpec, path, overrides)
-    if path is not None:
-        base = Path(path).resolve().parent
-        _resolve_paths(spec, base)
+    _resolve_paths(spec, Path(path).resolve().parent if path is not None else Path.cwd())
     return validate(spec)
 
 
 def _resolve_paths(spec: PoisonSpec, base: Path) -> None:
+    """Every path that names an existing file or folder (as given, else relative to `base`) becomes its
+    resolved absolute path, so that "../triggers/x.png" from configs/poison/, "configs/triggers/x.png" from
+    the repo root and the absolute path are one path: the spec (and a sweep's build id, its digest) then
+    names the file, not its spelling. A path that exists nowhere stays as given, for validate's message."""
     def fix(p: Optional[str]) -> Optional[str]:
-        if p is None or Path(p).is_absolute() or Path(p).exists():
+        if p is None:
             return p
-        cand = base / p
-        # normalised, so that "../triggers/x.png" from configs/poison/ and the same file named from the repo
-        # root spell one path: the spec (and a sweep's build id, its digest) then names the file, not the spelling
+        cand = Path(p) if Path(p).is_absolute() or Path(p).exists() else base / p
         return str(cand.resolve()) if cand.exists() else p
 
     s = spec.source

@@ -93,10 +93,11 @@ def test_a_knob_added_at_its_neutral_value_changes_no_id(tmp_path):
     assert "c09c6d8605aa" in {r["id"] for r in bw["runs"] if r["params"]["rate"] == 0}
 
 
-def test_a_trigger_file_named_two_ways_is_one_build(tmp_path):
+def test_a_trigger_file_named_three_ways_is_one_build(tmp_path, monkeypatch):
     """A trigger path relative to the poison spec (configs/repro's "../triggers/...", resolved from
-    configs/poison/) is normalised, so naming the same file another way gives the same spec, build and run
-    ids: the long variant plans the ids of the scratch sweep that measured it with an absolute path."""
+    configs/poison/), relative to the working folder or absolute is normalised, so naming the same file any
+    of these ways gives the same spec, build and run ids: the long variant plans the ids of the scratch
+    sweep that measured it with an absolute path."""
     root = Path(__file__).resolve().parents[1]
     path = root / "configs" / "repro" / "effect_long.yaml"
     ids = lambda plan: ([b["id"] for b in plan["builds"].values()], [r["id"] for r in plan["runs"]])
@@ -106,6 +107,10 @@ def test_a_trigger_file_named_two_ways_is_one_build(tmp_path):
     absolute = make_plan(load_sweep(path, [f"out={tmp_path / 'b'}", "poison_overrides=[source.synthetic.distractors=3,"
                                            f"trigger.kind=image,trigger.path={trigger},trigger.width=17]"]))
     assert ids(absolute) == ids(rel)
+    monkeypatch.chdir(root)
+    cwd = make_plan(load_sweep(path, [f"out={tmp_path / 'c'}", "poison_overrides=[source.synthetic.distractors=3,"
+                                      "trigger.kind=image,trigger.path=configs/triggers/htba10_bw.png,trigger.width=17]"]))
+    assert ids(cwd) == ids(rel)
 
 
 @pytest.mark.parametrize("path", sorted(p for d in ("sweeps", "repro") for p in
